@@ -1,0 +1,25 @@
+"""ONNX Runtime adapter: the `CalibrationDataReader` protocol over a re-iterable calibration set."""
+
+from __future__ import annotations
+
+from onnxruntime.quantization import CalibrationDataReader
+
+from calibration.set import CalibrationSet
+
+
+class OrtCalibrationReader(CalibrationDataReader):
+    """get_next() walks the set once; rewind() starts again (ORT's readers are otherwise one-shot)."""
+
+    def __init__(self, calib: CalibrationSet, input_name: str, batch_size: int = 1):
+        self.calib, self.input_name, self.batch_size = calib, input_name, batch_size
+        self.rewind()
+
+    def get_next(self) -> dict | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._it = self.calib.batches(self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.calib) // self.batch_size)

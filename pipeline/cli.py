@@ -1,0 +1,116 @@
+"""`edgepipe` command line. Stages run one way: config -> finetune -> export -> quantize -> verify -> report.
+
+Exit codes: 0 success, 2 bad input (config, data, missing artifact), 3 a check failed (export
+parity or a gate), 1 an internal error (a bug: rerun with --debug and report it).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from pipeline.errors import EdgepipeError
+
+
+def _guard(fn: Callable) -> Callable:
+    """One-line errors with the right exit code; tracebacks only with --debug."""
+
+    @click.option("--debug", is_flag=True, help="show tracebacks")
+    @functools.wraps(fn)
+    def wrapper(*args, debug: bool, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgepipeError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # a bug, not a user error
+            if debug:
+                raise
+            click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgepipe")
+def cli() -> None:
+    """Build, quantize, compile and verify compact image classifiers for edge targets."""
+
+
+CONFIG = click.argument("config", type=click.Path(dir_okay=False))
+JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+                     help="also write the gate results as JUnit XML to this file")
+
+
+def _run(config: str, stages: tuple[str, ...], junit: Path | None = None) -> None:
+    from pipeline.build import run_stages
+    from pipeline.config import load_config
+
+    code = run_stages(load_config(config), stages, junit)
+    if code:
+        sys.exit(code)
+
+
+@cli.command()
+@CONFIG
+@JUNIT
+@_guard
+def build(config: str, junit: Path | None) -> None:
+    """Run every stage of CONFIG; exit 3 if a gate fails."""
+    _run(config, ("finetune", "export", "quantize", "verify", "report"), junit)
+
+
+@cli.command()
+@CONFIG
+@_guard
+def finetune(config: str) -> None:
+    """Fine-tune the backbone on the dataset of CONFIG."""
+    _run(config, ("finetune",))
+
+
+@cli.command()
+@CONFIG
+@_guard
+def export(config: str) -> None:
+    """Export the fine-tuned model to ONNX and check parity with torch."""
+    _run(config, ("export",))
+
+
+@cli.command()
+@CONFIG
+@_guard
+def quantize(config: str) -> None:
+    """Draw the calibration set and build every target artifact."""
+    _run(config, ("quantize",))
+
+
+@cli.command()
+@CONFIG
+@JUNIT
+@_guard
+def verify(config: str, junit: Path | None) -> None:
+    """Measure the float model and every artifact on the test split, then apply the gates."""
+    _run(config, ("verify", "report"), junit)
+
+
+@cli.command()
+@CONFIG
+@JUNIT
+@_guard
+def report(config: str, junit: Path | None) -> None:
+    """Re-apply the gates of CONFIG to the last verify results and rewrite the reports."""
+    _run(config, ("report",), junit)
+
+
+def main() -> None:
+    cli()

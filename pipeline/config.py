@@ -1,0 +1,242 @@
+"""Typed build configuration: one YAML file per build, validated before any work starts.
+
+Relative paths in the file are resolved against the directory of the config file, so a
+config and its data can move together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intent: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Section):
+    val: float = Field(0.15, gt=0, lt=1, description="fraction of each class held out for validation")
+    test: float = Field(0.25, gt=0, lt=1, description="fraction of each class held out for the final test")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val + self.test > 0.8:
+            raise ValueError("split.val + split.test must leave at least 20 % of the data for training")
+        return self
+
+
+class DatasetConfig(_Section):
+    source: Literal["elpv", "imagefolder", "csv"] = "elpv"
+    root: Path | None = Field(None, description="imagefolder: root/<class>/*.png; csv: base of relative paths")
+    csv: Path | None = Field(None, description="csv source: a file with `path` and `label` columns")
+    defect_threshold: float = Field(0.5, gt=0, le=1, description="elpv: defect probability that counts as defective")
+    limit: int | None = Field(None, ge=8, description="use a stratified subset of this many images (quick runs)")
+    split: SplitConfig = SplitConfig()
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    mixed_sizes: Literal["error", "resize"] = Field(
+        "error", description="images of differing sizes: stop, or resize each to the model input")
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "imagefolder" and self.root is None:
+            raise ValueError("dataset.source 'imagefolder' needs dataset.root (a folder with one sub-folder per class)")
+        if self.source == "csv" and self.csv is None:
+            raise ValueError("dataset.source 'csv' needs dataset.csv (a file with path,label columns)")
+        if self.source == "elpv" and (self.root is not None or self.csv is not None):
+            raise ValueError("dataset.source 'elpv' is built in: remove dataset.root / dataset.csv")
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    weights: Path | None = Field(None, description="local ImageNet weights file (state dict)")
+    image_size: int = Field(224, ge=32, le=1024)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from pipeline.backbones import BACKBONES
+
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}")
+        return name
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, size: int) -> int:
+        if size % 32:
+            raise ValueError(f"image_size {size} must be a multiple of 32 (the backbones downsample 32x)")
+        return size
+
+
+class AugmentConfig(_Section):
+    flips: bool = True
+    rot90: bool = True
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+
+
+class FinetuneConfig(_Section):
+    """Transfer-learning recipe. Fields left null take the device profile's value (see finetune.py)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    warmup_epochs: int | None = Field(None, ge=0, description="head-only epochs on cached backbone features")
+    epochs: int | None = Field(None, ge=0, description="full fine-tune epochs after the warm-up")
+    batch_size: int = Field(32, ge=2)
+    head_lr: float = Field(1e-3, gt=0)
+    backbone_lr: float | None = Field(None, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without val improvement")
+    batchnorm: Literal["frozen", "train"] | None = Field(
+        None, description="frozen: keep ImageNet statistics while fine-tuning; train: update them")
+    class_weighted_loss: bool = True
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ParityConfig(_Section):
+    images: int = Field(64, ge=1, description="validation images compared between torch and ONNX")
+    max_abs_diff: float = Field(1e-3, gt=0)
+    min_agreement: float = Field(0.99, ge=0, le=1)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=17, le=23)
+    dynamic_batch: bool = True
+    simplify: bool = True
+    parity: ParityConfig = ParityConfig()
+
+
+class CalibrationConfig(_Section):
+    size: int = Field(300, ge=1, description="class-balanced images drawn from the train split")
+
+
+class GateConfig(_Section):
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="absolute top-1 drop vs the float model")
+    min_agreement: float = Field(0.98, ge=0, le=1, description="share of test images with the float model's top-1")
+    max_latency_ms: float | None = Field(None, gt=0, description="batch-1 p50 latency limit")
+
+
+class GateOverride(_Section):
+    """Per-target gates; a field left null uses the global `gates` value."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    min_agreement: float | None = Field(None, ge=0, le=1)
+    max_latency_ms: float | None = Field(None, gt=0)
+
+    def over(self, base: GateConfig) -> GateConfig:
+        return base.model_copy(update={k: v for k, v in self.model_dump().items() if v is not None})
+
+
+CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+
+
+class OnnxRuntimeTargetConfig(_Section):
+    name: Literal["onnxruntime"]
+    precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
+    calibration_method: CalibrationMethod = "minmax"
+    gates: GateOverride = GateOverride()
+
+
+class OpenVinoTargetConfig(_Section):
+    name: Literal["openvino"]
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "fp16", "int8"], min_length=1)
+    gates: GateOverride = GateOverride()
+
+
+class TensorRtTargetConfig(_Section):
+    name: Literal["tensorrt"]
+    precisions: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16", "int8"], min_length=1)
+    calibration_method: CalibrationMethod = "minmax"
+    gates: GateOverride = GateOverride()
+
+
+TargetConfig = Annotated[Union[OnnxRuntimeTargetConfig, OpenVinoTargetConfig, TensorRtTargetConfig],
+                         Field(discriminator="name")]
+
+
+def _default_targets() -> list:
+    return [OnnxRuntimeTargetConfig(name="onnxruntime"), OpenVinoTargetConfig(name="openvino"),
+            TensorRtTargetConfig(name="tensorrt")]
+
+
+class VerifyConfig(_Section):
+    threads: int = Field(2, ge=1, description="CPU threads for every latency measurement")
+    warmup: int = Field(10, ge=0, description="batch-1 runs discarded before timing")
+    runs: int = Field(100, ge=5, description="timed batch-1 runs (p50 / p95 / p99)")
+    throughput_batch: int = Field(32, ge=1)
+
+
+class BuildConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    output_dir: Path = Path("build")
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    export: ExportConfig = ExportConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    targets: list[TargetConfig] = Field(default_factory=_default_targets)
+    verify: VerifyConfig = VerifyConfig()
+    gates: GateConfig = GateConfig()
+
+    @field_validator("targets")
+    @classmethod
+    def _each_target_once(cls, targets: list) -> list:
+        names = [t.name for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each target may appear once; got {names}")
+        return targets
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
+    def rel(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+
+    return cfg.model_copy(update={
+        "output_dir": rel(cfg.output_dir),
+        "dataset": cfg.dataset.model_copy(update={"root": rel(cfg.dataset.root), "csv": rel(cfg.dataset.csv)}),
+        "model": cfg.model.model_copy(update={"weights": rel(cfg.model.weights)}),
+    })
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against examples/elpv.yaml)"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def load_config(path: str | Path) -> BuildConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "pass the path of a build YAML such as examples/elpv.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax (indentation, colons, quotes)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of sections", "start from examples/elpv.yaml")
+    try:
+        cfg = BuildConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {_describe(e)}", "correct those keys; examples/elpv.yaml shows every section") from None
+    return _resolve_paths(cfg, path.resolve().parent)

@@ -1,0 +1,43 @@
+"""Classification and latency metrics shared by verify, bench and the runtime (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def classification_metrics(pred: np.ndarray, labels: np.ndarray, classes) -> dict:
+    n = len(classes)
+    confusion = np.zeros((n, n), dtype=np.int64)  # rows: true class, columns: predicted
+    np.add.at(confusion, (labels, pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    recall = tp / np.maximum(confusion.sum(1), 1)
+    precision = tp / np.maximum(confusion.sum(0), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return {"accuracy": float((pred == labels).mean()), "macro_f1": float(f1.mean()),
+            "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
+            "confusion": confusion.tolist()}
+
+
+def agreement(pred: np.ndarray, reference_pred: np.ndarray) -> float:
+    return float((pred == reference_pred).mean())
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "runs": int(len(ms))}
+
+
+def machine_info(threads: int) -> dict:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "platform": platform.platform()}

@@ -1,0 +1,65 @@
+"""Quantize / compile stage: draw the calibration set, then build every (target, precision).
+
+A target that fails to build is reported as failed with its reason and fails the build's
+gates; the other targets still build. A target whose backend is missing here is skipped, with
+the reason, never silently.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from calibration import create_calibration_set
+from pipeline.config import BuildConfig
+from pipeline.console import console
+from pipeline.data import PreparedData
+from pipeline.manifest import Manifest
+from targets import get_target
+from targets.base import Artifact, BackendUnavailable
+
+
+def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> list[Artifact]:
+    t0 = time.perf_counter()
+    onnx_path = manifest.output("export", "onnx")
+    calib = create_calibration_set(data.images, data.labels, data.split.train, cfg.calibration.size, cfg.seed,
+                                   data.spec, cfg.output_dir / "calibration" / "calibration.npz")
+    console.print(f"calibration set: {len(calib)} train images, sha256 {calib.sha256[:12]}")
+    artifacts: list[Artifact] = []
+    for tcfg in cfg.targets:
+        target = get_target(tcfg.name)
+        for precision in tcfg.precisions:
+            out_dir = cfg.output_dir / "targets" / f"{tcfg.name}-{precision}"
+            started = time.perf_counter()
+            try:
+                built = target.build(onnx_path, precision, calib, out_dir, tcfg)
+            except BackendUnavailable as e:
+                built = [Artifact(tcfg.name, precision, out_dir, status="skipped", reason=str(e))]
+            except Exception as e:  # one target's failure must not hide the others' results
+                reason = f"{type(e).__name__}: {e}".splitlines()[0]
+                console.print(f"[bold red]{tcfg.name} {precision} failed to build: {reason}")
+                console.print(traceback.format_exc(limit=3), markup=False, highlight=False)
+                built = [Artifact(tcfg.name, precision, out_dir, status="failed", reason=reason)]
+            for a in built:
+                a.details.setdefault("build_s", round(time.perf_counter() - started, 1))
+                note = {"built": "[green]built", "skipped": "[yellow]skipped", "failed": "[red]FAILED"}[a.status]
+                console.print(f"  {a.name:<28} {note}[/] {a.reason or ''}")
+            artifacts += built
+
+    outputs = {"calibration": calib.path}
+    for a in artifacts:
+        for f in a.files:
+            outputs[f"{a.name}/{f.name}"] = f
+    manifest.record_stage("quantize", outputs, {"calibration_images": len(calib), "calibration_sha256": calib.sha256},
+                          artifacts=[a.to_dict(cfg.output_dir) for a in artifacts],
+                          wall_s=round(time.perf_counter() - t0, 1))
+    return artifacts
+
+
+def recorded_artifacts(manifest: Manifest) -> list[Artifact]:
+    """The artifacts the quantize stage recorded, with their files checked against the manifest."""
+    manifest.output("quantize", "calibration")  # raises with a fix if the stage has not run
+    stage = manifest.data["stages"]["quantize"]
+    for key in stage["outputs"]:
+        manifest.output("quantize", key)
+    return [Artifact.from_dict(d, manifest.out_dir) for d in stage["artifacts"]]

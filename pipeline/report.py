@@ -1,0 +1,156 @@
+"""Report stage: gates on the verify results, report.json (schema below), report.md, a console
+table and optional JUnit XML.
+
+report.json, schema "edgepipe-report/1":
+  name, created, config_sha256, machine{cpu, logical_cpus, threads, platform}, test_images,
+  reference ("torch-fp32"), passed (bool), exit_code (0 or 3),
+  rows[]: name, target, precision, status (ok|skipped|failed), reason, proxy (label or null),
+          accuracy, macro_f1, per_class_recall{class: recall}, confusion[[true x predicted]],
+          accuracy_delta (vs reference), agreement (top-1 vs reference),
+          vs_parent{parent, accuracy_delta, agreement, max_abs_logit_diff},
+          latency_ms{p50, p95, p99, mean, runs}, throughput{batch, images_per_s}, size_bytes, details{}
+  gates[]: artifact, gate (max_accuracy_drop|min_agreement|max_latency_ms|build), status (passed|failed|skipped),
+           limit, value, reason
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from rich.table import Table
+
+from pipeline.config import BuildConfig
+from pipeline.console import console
+from pipeline.manifest import Manifest, atomic_output, write_json
+
+EXIT_GATE_FAILED = 3
+
+
+def evaluate_gates(results: dict, cfg: BuildConfig) -> list[dict]:
+    overrides = {t.name: t.gates for t in cfg.targets}
+    ref = next(r for r in results["rows"] if r["name"] == results["reference"])
+    gates = []
+    for row in results["rows"]:
+        if row["name"] == results["reference"]:
+            continue
+        if row["status"] != "ok":
+            gates.append({"artifact": row["name"], "gate": "build", "status": "skipped" if row["status"] == "skipped" else "failed",
+                          "limit": None, "value": None, "reason": row["reason"]})
+            continue
+        g = overrides[row["target"]].over(cfg.gates) if row["target"] in overrides else cfg.gates
+        drop = ref["accuracy"] - row["accuracy"]
+        checks = [("max_accuracy_drop", g.max_accuracy_drop, drop, drop <= g.max_accuracy_drop + 1e-12),
+                  ("min_agreement", g.min_agreement, row["agreement"], row["agreement"] >= g.min_agreement)]
+        if g.max_latency_ms is not None:
+            p50 = row["latency_ms"]["p50"]
+            checks.append(("max_latency_ms", g.max_latency_ms, p50, p50 <= g.max_latency_ms))
+        for name, limit, value, ok in checks:
+            reason = None if ok else f"{name}: {value:.4g} vs limit {limit:.4g}"
+            gates.append({"artifact": row["name"], "gate": name, "status": "passed" if ok else "failed",
+                          "limit": limit, "value": value, "reason": reason})
+    return gates
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _signed_pt(v) -> str:
+    return "-" if v is None else f"{v * 100:+.2f}"
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    failed = {g["artifact"] for g in report["gates"] if g["status"] == "failed"}
+    out = []
+    for r in report["rows"]:
+        ok = r["status"] == "ok"
+        is_ref = r["name"] == report["reference"]
+        gate = "reference" if is_ref else (
+            "FAIL" if r["name"] in failed else ("pass" if ok else r["status"]))
+        lat = r.get("latency_ms") or {}
+        out.append([r["name"], r["status"] if ok else f"{r['status']}: {r['reason']}",
+                    _pct(r.get("accuracy")), _signed_pt(r.get("accuracy_delta")), _pct(r.get("agreement")),
+                    f"{r['vs_parent']['parent']} {_signed_pt(r['vs_parent']['accuracy_delta'])}" if ok and not is_ref else "-",
+                    *(f"{lat[k]:.2f}" if lat else "-" for k in ("p50", "p95", "p99")),
+                    f"{r['throughput']['images_per_s']:.0f}" if ok else "-",
+                    f"{r['size_bytes'] / 1e6:.1f}", gate])
+    return out
+
+
+HEADERS = ["artifact", "status", "accuracy", "Δ pt vs float", "agreement", "vs parent (Δ pt)",
+           "p50 ms", "p95 ms", "p99 ms", "img/s", "MB", "gates"]
+
+
+def render_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# edgepipe report: {report['name']}", "",
+             f"Test split: {report['test_images']} images. Reference: {report['reference']}. "
+             f"Latency: batch 1, {m['threads']} threads, {m['cpu']}.", "",
+             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
+    failures = [g for g in report["gates"] if g["status"] == "failed"]
+    lines += ["", "**All gates passed.**" if not failures else "**Gates failed:**"]
+    lines += [f"- {g['artifact']}: {g['reason']}" for g in failures]
+    notes = [f"- {r['name']}: {r['proxy']}" for r in report["rows"] if r.get("proxy")]
+    notes += [f"- {r['name']}: runs with {r['runtime']}" for r in report["rows"] if r.get("runtime")]
+    if notes:
+        lines += ["", "Notes:"] + notes
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: dict) -> None:
+    table = Table(title=f"edgepipe {report['name']}: {report['test_images']} test images, "
+                        f"batch-1 latency on {report['machine']['threads']} threads")
+    for h in HEADERS:
+        table.add_column(h, overflow="fold")
+    for row in table_rows(report):
+        style = "red" if row[-1] == "FAIL" else ("yellow" if row[-1] in ("skipped", "failed") else None)
+        table.add_row(*row, style=style)
+    console.print(table)
+
+
+def write_junit(path: Path, report: dict) -> Path:
+    gates = report["gates"]
+    suite = ET.Element("testsuite", name=f"edgepipe.{report['name']}", tests=str(len(gates)),
+                       failures=str(sum(g["status"] == "failed" for g in gates)),
+                       skipped=str(sum(g["status"] == "skipped" for g in gates)))
+    for g in gates:
+        case = ET.SubElement(suite, "testcase", classname=f"edgepipe.{g['artifact']}", name=g["gate"])
+        if g["status"] == "failed":
+            ET.SubElement(case, "failure", message=g["reason"] or "failed")
+        elif g["status"] == "skipped":
+            ET.SubElement(case, "skipped", message=g["reason"] or "skipped")
+    root = ET.Element("testsuites")
+    root.append(suite)
+    with atomic_output(path) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
+    return path
+
+
+def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path | None = None) -> int:
+    """Write the reports and return the build's exit code: 0 all gates pass, 3 a gate failed."""
+    gates = evaluate_gates(results, cfg)
+    passed = not any(g["status"] == "failed" for g in gates)
+    report = {"schema": "edgepipe-report/1", "name": cfg.name,
+              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "config_sha256": cfg.sha256(), "machine": results["machine"], "test_images": results["test_images"],
+              "reference": results["reference"], "passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED,
+              "rows": results["rows"], "gates": gates}
+    out = cfg.output_dir
+    outputs = {"report_json": write_json(out / "report.json", report)}
+    with atomic_output(out / "report.md") as tmp:
+        tmp.write_text(render_markdown(report))
+    outputs["report_md"] = out / "report.md"
+    if junit is not None:
+        junit = write_junit(junit.resolve(), report)
+        if junit.is_relative_to(out):  # the manifest lists files inside the output dir only
+            outputs["junit"] = junit
+    manifest.record_stage("report", outputs, {"passed": passed, "failed_gates": [g for g in gates if g["status"] == "failed"]})
+    print_table(report)
+    for g in gates:
+        if g["status"] == "failed":
+            console.print(f"[bold red]gate failed: {g['artifact']}: {g['reason']}")
+    console.print("[bold green]all gates passed" if passed else f"[bold red]build failed its gates (exit {EXIT_GATE_FAILED})")
+    return report["exit_code"]

@@ -1,0 +1,128 @@
+"""The target protocol: build an artifact from the exported ONNX, load it into a runner, infer, time.
+
+Runners follow Polygraphy's lifecycle: activate() acquires the backend session, infer() runs
+one batch and records `inference_time`, deactivate() releases it; a runner is also a context
+manager. Nothing here imports a backend: each target module imports its own lazily, so a
+missing backend only disables its target.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.set import CalibrationSet
+
+
+class BackendUnavailable(Exception):
+    """The target's backend cannot be imported here: the target is skipped, with this reason."""
+
+
+@dataclass
+class Artifact:
+    """What a target built: files on disk plus how they came to be."""
+
+    target: str
+    precision: str
+    path: Path  # the file a runner loads
+    files: list[Path] = field(default_factory=list)  # everything that belongs to the artifact
+    status: str = "built"  # built | skipped | failed
+    reason: str | None = None  # why skipped / failed
+    proxy: str | None = None  # set when `path` runs a stand-in for the real backend (e.g. TensorRT QDQ on ORT)
+    parent: str | None = None  # name of the artifact this one was derived from (int8 <- fp32)
+    details: dict = field(default_factory=dict)  # target-specific facts for the report (quant settings, excluded layers)
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}-{self.precision}" + ("-proxy" if self.proxy else "")
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.files or [self.path]) if p.is_file())
+
+    def to_dict(self, root: Path) -> dict:
+        rel = lambda p: str(p.relative_to(root))  # noqa: E731
+        return {"name": self.name, "target": self.target, "precision": self.precision, "path": rel(self.path),
+                "files": [rel(p) for p in self.files], "status": self.status, "reason": self.reason,
+                "proxy": self.proxy, "parent": self.parent, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, d: dict, root: Path) -> "Artifact":
+        return cls(d["target"], d["precision"], root / d["path"], [root / p for p in d["files"]], d["status"],
+                   d["reason"], d["proxy"], d["parent"], d["details"])
+
+
+class Runner(ABC):
+    """Polygraphy-style runner: activate / infer / deactivate, with the last inference time kept."""
+
+    def __init__(self, name: str, threads: int):
+        self.name = name
+        self.threads = threads
+        self.is_active = False
+        self.inference_time: float | None = None  # seconds, wall clock, of the last infer()
+
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} must be activated before infer()")
+        start = time.perf_counter()
+        out = self.infer_impl(np.ascontiguousarray(x, dtype=np.float32))
+        self.inference_time = time.perf_counter() - start
+        return out
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch infer() accepts; None when the batch dimension is dynamic."""
+        return None
+
+    def runtime_info(self) -> str | None:
+        """What the backend chose at activation that changes results (e.g. compute precision)."""
+        return None
+
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def deactivate_impl(self) -> None: ...
+
+
+class Target(ABC):
+    """A backend. Its quirks (presets, file formats, precisions) stay in its own module."""
+
+    name: str
+    precisions: tuple[str, ...]
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None when the backend can build here; otherwise why not (shown in the report)."""
+
+    @abstractmethod
+    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path,
+              settings) -> list[Artifact]:
+        """Write the artifact(s) for one precision under out_dir and describe them."""
+
+    @abstractmethod
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        """A runner for an artifact this target built (not yet activated)."""

@@ -1,0 +1,133 @@
+"""ONNX Runtime target: fp32 (the exported graph) and int8 (static QDQ quantization with calibration).
+
+The quantization preset is Optimum-style: `OrtQuantPreset.cpu()` for ORT's own CPU kernels,
+`OrtQuantPreset.tensorrt()` for the Q/DQ rules TensorRT imposes (used by targets.tensorrt).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.set import CalibrationSet
+from pipeline.manifest import atomic_output
+from targets.base import Artifact, BackendUnavailable, Runner, Target
+
+
+@dataclass(frozen=True)
+class OrtQuantPreset:
+    calibration_method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = True  # per-tensor weights collapse depthwise-conv nets (EfficientNet: 87 % -> 38 %)
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    symmetric_activations: bool = False
+    qdq_on_weights: bool = False  # keep fp32 weights behind a Q/DQ pair instead of folding them to int8
+    dedicated_qdq_pair: bool = False
+    quantize_bias: bool = True  # int32 bias behind a DequantizeLinear
+    nodes_to_exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def cpu(cls, calibration_method: str = "minmax") -> "OrtQuantPreset":
+        return cls(calibration_method=calibration_method)
+
+    @classmethod
+    def tensorrt(cls, calibration_method: str = "minmax") -> "OrtQuantPreset":
+        # TensorRT accepts only symmetric int8 (zero point 0), per-channel scales on weights only, and
+        # float bias (it fuses bias itself; an int32 DequantizeLinear is not an int8 Q/DQ pair).
+        return cls(calibration_method=calibration_method, activation_type="QInt8", symmetric_activations=True,
+                   qdq_on_weights=True, dedicated_qdq_pair=True, quantize_bias=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def quantize(self, onnx_in: Path, onnx_out: Path, calib: CalibrationSet) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        from calibration.ort_reader import OrtCalibrationReader
+
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[self.calibration_method]
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(onnx_in), str(prepared), skip_symbolic_shape=True)
+            input_name = _input_name(prepared)
+            with atomic_output(onnx_out) as out:
+                quantize_static(
+                    str(prepared), str(out), OrtCalibrationReader(calib, input_name, batch_size=16),
+                    quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                    activation_type=getattr(QuantType, self.activation_type),
+                    weight_type=getattr(QuantType, self.weight_type),
+                    nodes_to_exclude=list(self.nodes_to_exclude), calibrate_method=method,
+                    extra_options={"ActivationSymmetric": self.symmetric_activations, "WeightSymmetric": True,
+                                   "AddQDQPairToWeight": self.qdq_on_weights,
+                                   "DedicatedQDQPair": self.dedicated_qdq_pair,
+                                   "QuantizeBias": self.quantize_bias},
+                )
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+class OrtRunner(Runner):
+    def __init__(self, path: Path, threads: int, name: str = "onnxruntime", providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+        super().__init__(name, threads)
+        self.path, self.providers = path, providers
+        self.session = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path), opts, providers=list(self.providers))
+        self._input = self.session.get_inputs()[0]
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input.name: x})[0]
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    @property
+    def max_batch(self) -> int | None:
+        dim = self._input.shape[0] if self.session else None
+        return dim if isinstance(dim, int) else None
+
+
+class OnnxRuntimeTarget(Target):
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime not installed"
+        return None
+
+    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings) -> list[Artifact]:
+        if reason := self.unavailable_reason():
+            raise BackendUnavailable(reason)
+        path = out_dir / "model.onnx"
+        if precision == "fp32":
+            with atomic_output(path) as tmp:
+                shutil.copyfile(onnx_path, tmp)
+            return [Artifact(self.name, precision, path, [path])]
+        preset = OrtQuantPreset.cpu(settings.calibration_method)
+        preset.quantize(onnx_path, path, calib)
+        return [Artifact(self.name, precision, path, [path], parent=f"{self.name}-fp32",
+                         details={"quantization": preset.to_dict(), "calibration_images": len(calib)})]
+
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        return OrtRunner(artifact.path, threads, artifact.name)

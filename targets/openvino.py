@@ -1,0 +1,127 @@
+"""OpenVINO target: IR in fp32, fp16 (compressed weights) and int8 (NNCF post-training quantization).
+
+CPU quirk: on CPUs with bf16 support OpenVINO may compute in bf16 by default, which would make
+an "fp32" row something else. fp32 artifacts therefore pin INFERENCE_PRECISION_HINT to f32; the
+fp16 / int8 rows let the device choose and the report records what it chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.set import CalibrationSet
+from pipeline.manifest import atomic_output
+from targets.base import Artifact, BackendUnavailable, Runner, Target
+
+
+@dataclass(frozen=True)
+class NncfQuantPreset:
+    preset: str = "performance"  # NNCF: performance = symmetric activations, mixed = asymmetric
+    fast_bias_correction: bool = True
+    ignored_nodes: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def cpu(cls) -> "NncfQuantPreset":
+        return cls()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def quantize(self, ov_model, calib: CalibrationSet):
+        import nncf
+
+        from calibration.nncf_dataset import nncf_dataset
+
+        return nncf.quantize(
+            ov_model, nncf_dataset(calib), subset_size=len(calib),
+            preset=nncf.QuantizationPreset.MIXED if self.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            fast_bias_correction=self.fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(names=list(self.ignored_nodes)) if self.ignored_nodes else None,
+        )
+
+
+def _save_ir(ov_model, xml: Path, compress_to_fp16: bool) -> list[Path]:
+    import openvino as ov
+
+    bin_ = xml.with_suffix(".bin")
+    tmp_dir = xml.parent / f".tmp-{xml.stem}"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(tmp_dir / xml.name), compress_to_fp16=compress_to_fp16)
+    # .bin first: an .xml present means its weights are complete
+    for src, dst in ((tmp_dir / bin_.name, bin_), (tmp_dir / xml.name, xml)):
+        with atomic_output(dst) as tmp:
+            src.replace(tmp)
+    tmp_dir.rmdir()
+    return [xml, bin_]
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, xml: Path, threads: int, name: str, precision_hint: str | None, device: str = "CPU"):
+        super().__init__(name, threads)
+        self.xml, self.precision_hint, self.device = xml, precision_hint, device
+        self.compiled = self.request = None
+
+    def activate_impl(self) -> None:
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if self.precision_hint:
+            config["INFERENCE_PRECISION_HINT"] = self.precision_hint
+        self.compiled = ov.Core().compile_model(str(self.xml), self.device, config)
+        self.request = self.compiled.create_infer_request()
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
+
+    def deactivate_impl(self) -> None:
+        self.compiled = self.request = None
+
+    def runtime_info(self) -> str | None:
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        return f"OpenVINO {self.device} computing in {precision}"
+
+
+class OpenVinoTarget(Target):
+    name = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino not installed (pip install openvino nncf)"
+        if not _has_nncf():
+            return "nncf not installed (pip install nncf)"
+        return None
+
+    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings) -> list[Artifact]:
+        if reason := self.unavailable_reason():
+            raise BackendUnavailable(reason)
+        import openvino as ov
+
+        model = ov.convert_model(str(onnx_path))
+        xml = out_dir / "model.xml"
+        if precision == "int8":
+            preset = NncfQuantPreset.cpu()
+            files = _save_ir(preset.quantize(model, calib), xml, compress_to_fp16=False)
+            return [Artifact(self.name, precision, xml, files, parent=f"{self.name}-fp32",
+                             details={"quantization": preset.to_dict(), "calibration_images": len(calib)})]
+        files = _save_ir(model, xml, compress_to_fp16=precision == "fp16")
+        parent = None if precision == "fp32" else f"{self.name}-fp32"
+        return [Artifact(self.name, precision, xml, files, parent=parent)]
+
+    def load(self, artifact: Artifact, threads: int) -> Runner:
+        hint = "f32" if artifact.precision == "fp32" else None
+        return OpenVinoRunner(artifact.path, threads, artifact.name, hint)
+
+
+def _has_nncf() -> bool:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True

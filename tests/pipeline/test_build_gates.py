@@ -1,0 +1,93 @@
+"""A whole build on a synthetic, easy dataset: healthy artifacts pass the gates (exit 0); a
+deliberately broken int8 artifact fails them (exit 3) while the other rows are still reported."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from targets.onnxruntime import OrtQuantPreset
+
+
+def make_dataset(root):
+    """Horizontal vs vertical stripes of random phase and width: ImageNet features separate these."""
+    rng = np.random.default_rng(0)
+    for cls in ("horizontal", "vertical"):
+        (root / cls).mkdir(parents=True)
+        for i in range(30):
+            period, phase = rng.integers(6, 12), rng.integers(0, 12)
+            wave = ((np.arange(64) + phase) // (period // 2)) % 2 * 180 + 30
+            img = np.tile(wave[:, None] if cls == "horizontal" else wave[None, :], (1, 64) if cls == "horizontal" else (64, 1))
+            img = np.clip(img + rng.normal(0, 12, (64, 64)), 0, 255).astype(np.uint8)
+            Image.fromarray(img, "L").save(root / cls / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gates")
+    make_dataset(root / "data")
+    cfg = {"name": "blobs", "output_dir": "out",
+           "dataset": {"source": "imagefolder", "root": "data", "split": {"val": 0.2, "test": 0.3}},
+           "model": {"image_size": 64},
+           "finetune": {"warmup_epochs": 40, "epochs": 0, "head_lr": 0.01},
+           "calibration": {"size": 16},
+           "targets": [{"name": "onnxruntime"}, {"name": "tensorrt", "precisions": ["int8"]}],
+           "verify": {"runs": 10, "warmup": 2, "throughput_batch": 8}}
+    (root / "build.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_healthy_build_passes_its_gates(project):
+    result = CliRunner().invoke(cli, ["build", str(project / "build.yaml"), "--junit", str(project / "out" / "junit.xml")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["passed"] and report["exit_code"] == 0
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "tensorrt-int8", "tensorrt-int8-proxy"]
+    ok = {r["name"]: r for r in report["rows"]}
+    assert ok["torch-fp32"]["accuracy"] >= 0.9
+    assert ok["onnxruntime-fp32"]["agreement"] == 1.0 and ok["onnxruntime-fp32"]["vs_parent"]["parent"] == "torch-fp32"
+    assert ok["onnxruntime-int8"]["vs_parent"]["parent"] == "onnxruntime-fp32"
+    assert ok["tensorrt-int8"]["status"] == "skipped" and ok["tensorrt-int8"]["reason"] == "tensorrt not installed"
+    assert "proxy" in ok["tensorrt-int8-proxy"]["proxy"]
+    for r in report["rows"]:
+        if r["status"] == "ok":
+            lat = r["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and r["throughput"]["images_per_s"] > 0
+            assert sum(map(sum, r["confusion"])) == report["test_images"]
+    suite = ET.parse(project / "out" / "junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0" and suite.get("skipped") == "1"
+    assert "| onnxruntime-int8 |" in (project / "out" / "report.md").read_text()
+
+
+def test_broken_int8_artifact_fails_the_gates_with_exit_3(project, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    original = OrtQuantPreset.quantize
+
+    def quantize_then_corrupt(self, onnx_in, onnx_out, calib):
+        original(self, onnx_in, onnx_out, calib)
+        model = onnx.load(str(onnx_out))
+        for init in model.graph.initializer:  # every weight scale x50: a classic broken-calibration symptom
+            if init.name.endswith("_scale") and init.dims:
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 50, init.name))
+        onnx.save(model, str(onnx_out))
+
+    monkeypatch.setattr(OrtQuantPreset, "quantize", quantize_then_corrupt)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["quantize", str(project / "build.yaml")]).exit_code == 0
+    result = runner.invoke(cli, ["verify", str(project / "build.yaml"), "--junit", str(project / "junit.xml")])
+    assert result.exit_code == 3, result.output
+    report = json.loads((project / "out" / "report.json").read_text())
+    failed = {(g["artifact"], g["gate"]) for g in report["gates"] if g["status"] == "failed"}
+    assert ("onnxruntime-int8", "min_agreement") in failed
+    assert not any(a == "onnxruntime-fp32" for a, _ in failed)
+    assert len(report["rows"]) == 5  # every other result is still written
+    suite = ET.parse(project / "junit.xml").getroot().find("testsuite")
+    assert int(suite.get("failures")) >= 1

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "elpv.yaml"
+
+
+def test_example_config_is_valid_and_paths_resolve_against_its_folder():
+    cfg = load_config(EXAMPLE)
+    assert cfg.model.backbone == "tf_efficientnet_lite0"
+    assert cfg.output_dir == (EXAMPLE.parent / "../build/elpv").resolve()
+    assert cfg.dataset.source == "elpv"
+
+
+def test_relative_dataset_root_is_resolved_against_the_config(write_config, tmp_path):
+    cfg = load_config(write_config({"name": "x", "dataset": {"source": "imagefolder", "root": "imgs"}}))
+    assert cfg.dataset.root == (tmp_path / "imgs").resolve()
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"name": "x", "modle": {}}, "modle: unknown key"),
+    ({"name": "x", "model": {"backbone": "resnet9000"}}, "unknown backbone 'resnet9000'; choose one of:"),
+    ({"name": "x", "model": {"image_size": "big"}}, "model.image_size"),
+    ({"name": "x", "model": {"image_size": 100}}, "multiple of 32"),
+    ({"name": "x", "dataset": {"source": "imagefolder"}}, "needs dataset.root"),
+    ({"name": "x", "dataset": {"source": "csv"}}, "needs dataset.csv"),
+    ({"name": "x", "dataset": {"split": {"val": 0.5, "test": 0.5}}}, "at least 20 %"),
+    ({"dataset": {}}, "name: Field required"),
+])
+def test_bad_config_gives_one_line_naming_the_key(write_config, data, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(write_config(data))
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_config_hash_changes_with_content(write_config):
+    a = load_config(write_config({"name": "x"}, "a.yaml"))
+    b = load_config(write_config({"name": "x", "seed": 1}, "b.yaml"))
+    assert a.sha256() != b.sha256()
+    assert a.sha256() == load_config(write_config({"name": "x"}, "c.yaml")).sha256()

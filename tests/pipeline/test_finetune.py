@@ -1,0 +1,51 @@
+import numpy as np
+import torch
+
+from pipeline.backbones import create_model, preprocess_spec
+from pipeline.config import AugmentConfig, FinetuneConfig
+from pipeline.finetune import PROFILES, _augment, _batchnorms, _class_weights, _features, _train_mode, resolve_recipe
+
+
+def test_null_fields_take_the_device_profile_and_explicit_ones_win():
+    recipe = resolve_recipe(FinetuneConfig(device="cpu"))
+    assert recipe.epochs == PROFILES["cpu"]["epochs"] and recipe.batchnorm == "frozen"
+    assert recipe.precision == "fp32"  # bf16 autocast cost accuracy on CPUs
+    recipe = resolve_recipe(FinetuneConfig(device="cpu", epochs=7, batchnorm="train", precision="bf16"))
+    assert (recipe.epochs, recipe.batchnorm, recipe.precision) == (7, "train", "bf16")
+
+
+def test_augment_keeps_shape_and_range_and_changes_pixels():
+    x = torch.rand(8, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    y = _augment(x, AugmentConfig(), gen)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
+    assert torch.equal(_augment(x, AugmentConfig(flips=False, rot90=False, brightness=0, contrast=0), gen), x)
+
+
+def test_class_weights_balance_the_loss():
+    w = _class_weights(np.array([0] * 30 + [1] * 10), 2, on=True)
+    assert torch.allclose(w * torch.tensor([30.0, 10.0]), torch.tensor([20.0, 20.0]))
+    assert _class_weights(np.array([0, 1]), 2, on=False) is None
+
+
+def test_frozen_batchnorm_keeps_imagenet_statistics_while_training():
+    model, _ = create_model("tf_efficientnet_lite0", 2, pretrained=True)
+    before = _batchnorms(model)[3].running_mean.clone()
+    _train_mode(model, "frozen")
+    assert model.training and not any(bn.training for bn in _batchnorms(model))
+    model(torch.randn(4, 3, 64, 64))
+    assert torch.equal(_batchnorms(model)[3].running_mean, before)
+    _train_mode(model, "train")
+    model(torch.randn(4, 3, 64, 64))
+    assert not torch.equal(_batchnorms(model)[3].running_mean, before)
+
+
+def test_adapted_features_reestimate_batchnorm_statistics():
+    model, _ = create_model("tf_efficientnet_lite0", 2, pretrained=True)
+    spec = preprocess_spec("tf_efficientnet_lite0", 64)
+    images = np.random.default_rng(0).integers(0, 80, (16, 64, 64, 3), dtype=np.uint8)
+    before = _batchnorms(model)[0].running_mean.clone()
+    feats = _features(model, images, spec, torch.device("cpu"), batch_size=8, adapt_batchnorm=True)
+    assert feats.shape == (16, 1280) and not model.training
+    assert not torch.equal(_batchnorms(model)[0].running_mean, before)
+    assert all(bn.momentum == 0.1 for bn in _batchnorms(model))

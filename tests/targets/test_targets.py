@@ -1,0 +1,60 @@
+"""Each target: build -> load -> infer agrees with the float reference on a tiny trained model."""
+
+import numpy as np
+import pytest
+
+from pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
+from targets import REGISTRY, get_target
+from targets.base import Runner
+
+SETTINGS = {"onnxruntime": OnnxRuntimeTargetConfig(name="onnxruntime"), "openvino": OpenVinoTargetConfig(name="openvino")}
+# fp32 must match to float rounding; reduced precisions must keep the confident answers.
+TOLERANCE = {"fp32": 1e-3, "fp16": 0.05, "int8": None}
+
+
+@pytest.mark.parametrize("target, precision", [
+    ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+    ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"),
+])
+def test_build_load_infer_agrees_with_reference(tiny, tmp_path, target, precision):
+    t = get_target(target)
+    if reason := t.unavailable_reason():
+        pytest.skip(reason)
+    [artifact] = t.build(tiny["onnx"], precision, tiny["calib"], tmp_path / f"{target}-{precision}", SETTINGS[target])
+    assert artifact.status == "built" and artifact.path.is_file() and artifact.size_bytes() > 0
+    runner = t.load(artifact, threads=1)
+    assert isinstance(runner, Runner)
+    with runner:
+        out = runner.infer(tiny["x"])
+        assert runner.inference_time > 0
+        single = runner.infer(tiny["x"][:1])
+    assert not runner.is_active
+    ref = tiny["reference"]
+    assert out.shape == ref.shape
+    assert np.allclose(single, out[:1], atol=1e-3)
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    if TOLERANCE[precision] is not None:
+        assert np.abs(out - ref).max() < TOLERANCE[precision] * max(1.0, np.abs(ref).max())
+    if precision == "int8":
+        assert artifact.parent == f"{target}-fp32" and artifact.details["calibration_images"] == 64
+
+
+def test_int8_is_really_quantized(tiny, tmp_path):
+    import onnx
+
+    [artifact] = get_target("onnxruntime").build(tiny["onnx"], "int8", tiny["calib"], tmp_path, SETTINGS["onnxruntime"])
+    ops = [n.op_type for n in onnx.load(str(artifact.path)).graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3
+    assert artifact.size_bytes() < tiny["onnx"].stat().st_size or len(ops) > 10
+
+
+def test_runner_refuses_infer_before_activate(tiny, tmp_path):
+    t = get_target("onnxruntime")
+    [artifact] = t.build(tiny["onnx"], "fp32", None, tmp_path, SETTINGS["onnxruntime"])
+    with pytest.raises(RuntimeError, match="must be activated"):
+        t.load(artifact, threads=1).infer(tiny["x"])
+
+
+def test_registry_names_match_target_classes():
+    for name in REGISTRY:
+        assert get_target(name).name == name
