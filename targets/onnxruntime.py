@@ -56,9 +56,11 @@ class OrtQuantPreset:
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(onnx_in), str(prepared), skip_symbolic_shape=True)
             input_name = _input_name(prepared)
+            # ORT's histogram calibrators stack per-batch outputs and fail on a short last batch.
+            batch = 16 if self.calibration_method == "minmax" else 1
             with atomic_output(onnx_out) as out:
                 quantize_static(
-                    str(prepared), str(out), OrtCalibrationReader(calib, input_name, batch_size=16),
+                    str(prepared), str(out), OrtCalibrationReader(calib, input_name, batch_size=batch),
                     quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
                     activation_type=getattr(QuantType, self.activation_type),
                     weight_type=getattr(QuantType, self.weight_type),

@@ -20,7 +20,7 @@ from targets.base import Artifact, BackendUnavailable, Runner, Target
 @dataclass(frozen=True)
 class NncfQuantPreset:
     preset: str = "performance"  # NNCF: performance = symmetric activations, mixed = asymmetric
-    fast_bias_correction: bool = True
+    fast_bias_correction: bool = False  # full bias correction: val agreement 96.4 % -> 98.2 % on ELPV
     ignored_nodes: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
