@@ -120,6 +120,15 @@ class CalibrationConfig(_Section):
     size: int = Field(300, ge=1, description="class-balanced images drawn from the train split")
 
 
+class FallbackConfig(_Section):
+    """Accuracy-aware int8: keep the most sensitive layers in float until the validation split agrees."""
+
+    enabled: bool = True
+    target_agreement: float = Field(0.99, ge=0, le=1, description="top-1 agreement with float on the val split")
+    max_accuracy_drop: float = Field(0.003, ge=0, le=1, description="val accuracy drop allowed")
+    max_float_layers: int = Field(8, ge=0, description="most layers kept in float before giving up")
+
+
 class GateConfig(_Section):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="absolute top-1 drop vs the float model")
     min_agreement: float = Field(0.98, ge=0, le=1, description="share of test images with the float model's top-1")
@@ -185,6 +194,7 @@ class BuildConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
     export: ExportConfig = ExportConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    fallback: FallbackConfig = FallbackConfig()
     targets: list[TargetConfig] = Field(default_factory=_default_targets)
     verify: VerifyConfig = VerifyConfig()
     gates: GateConfig = GateConfig()

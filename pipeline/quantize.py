@@ -12,9 +12,10 @@ import traceback
 
 from calibration import create_calibration_set
 from pipeline.config import BuildConfig
+from pipeline.fallback import FallbackPolicy, ValidationSet, build_with_fallback, rank_layers
 from pipeline.console import console
 from pipeline.data import PreparedData
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, write_json
 from targets import get_target
 from targets.base import Artifact, BackendUnavailable
 
@@ -25,6 +26,19 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
     calib = create_calibration_set(data.images, data.labels, data.split.train, cfg.calibration.size, cfg.seed,
                                    data.spec, cfg.output_dir / "calibration" / "calibration.npz")
     console.print(f"calibration set: {len(calib)} train images, sha256 {calib.sha256[:12]}")
+    fb = cfg.fallback
+    policy = FallbackPolicy(fb.target_agreement, fb.max_accuracy_drop, fb.max_float_layers)
+    wants_int8 = fb.enabled and any("int8" in t.precisions for t in cfg.targets)
+    val = ranking = None
+    if wants_int8:
+        from pipeline.export import ort_logits
+
+        x_val, y_val = data.subset("val")
+        x_val = data.spec.normalize(x_val)
+        val = ValidationSet(x_val, y_val, ort_logits(onnx_path, x_val))
+        console.print(f"ranking layer sensitivity on {min(160, len(y_val))} validation images ...")
+        ranking = rank_layers(onnx_path, calib, val, cfg.verify.threads)
+        write_json(cfg.output_dir / "calibration" / "layer_sensitivity.json", ranking)
     artifacts: list[Artifact] = []
     for tcfg in cfg.targets:
         target = get_target(tcfg.name)
@@ -32,7 +46,12 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
             out_dir = cfg.output_dir / "targets" / f"{tcfg.name}-{precision}"
             started = time.perf_counter()
             try:
-                built = target.build(onnx_path, precision, calib, out_dir, tcfg)
+                if precision == "int8" and wants_int8:
+                    built = build_with_fallback(
+                        lambda keep: target.build(onnx_path, precision, calib, out_dir, tcfg, keep),
+                        lambda a: target.load(a, cfg.verify.threads), val, ranking, policy, f"{tcfg.name}-int8")
+                else:
+                    built = target.build(onnx_path, precision, calib, out_dir, tcfg)
             except BackendUnavailable as e:
                 built = [Artifact(tcfg.name, precision, out_dir, status="skipped", reason=str(e))]
             except Exception as e:  # one target's failure must not hide the others' results
@@ -47,6 +66,8 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
             artifacts += built
 
     outputs = {"calibration": calib.path}
+    if ranking is not None:
+        outputs["layer_sensitivity"] = cfg.output_dir / "calibration" / "layer_sensitivity.json"
     for a in artifacts:
         for f in a.files:
             outputs[f"{a.name}/{f.name}"] = f

@@ -95,6 +95,14 @@ def render_markdown(report: dict) -> str:
     lines += [f"- {g['artifact']}: {g['reason']}" for g in failures]
     notes = [f"- {r['name']}: {r['proxy']}" for r in report["rows"] if r.get("proxy")]
     notes += [f"- {r['name']}: runs with {r['runtime']}" for r in report["rows"] if r.get("runtime")]
+    for r in report["rows"]:
+        fb = (r.get("details") or {}).get("fallback")
+        if fb:
+            first, last = fb["steps"][0], fb["steps"][-1]
+            kept = ", ".join(fb["kept_float"]) or "none"
+            notes.append(f"- {r['name']}: {len(fb['kept_float'])} layer(s) kept in float ({kept}); val agreement "
+                         f"{first['agreement']:.2%} -> {last['agreement']:.2%}, latency cost "
+                         f"{fb['latency_cost_ms']:+.2f} ms p50" + ("" if fb["goal_met_on_val"] else "; goal NOT met on val"))
     if notes:
         lines += ["", "Notes:"] + notes
     return "\n".join(lines) + "\n"

@@ -120,8 +120,9 @@ class Target(ABC):
 
     @abstractmethod
     def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path,
-              settings) -> list[Artifact]:
-        """Write the artifact(s) for one precision under out_dir and describe them."""
+              settings, keep_float: tuple[str, ...] = ()) -> list[Artifact]:
+        """Write the artifact(s) for one precision under out_dir and describe them.
+        keep_float: ONNX node names an int8 build must leave in float (accuracy fallback)."""
 
     @abstractmethod
     def load(self, artifact: Artifact, threads: int) -> Runner:

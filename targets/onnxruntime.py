@@ -6,9 +6,10 @@ The quantization preset is Optimum-style: `OrtQuantPreset.cpu()` for ORT's own C
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,15 @@ class OrtQuantPreset:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def keeping_float(self, nodes: tuple[str, ...]) -> "OrtQuantPreset":
+        return replace(self, nodes_to_exclude=tuple(nodes))
+
+    def _ranges_cache(self, onnx_in: Path, calib: CalibrationSet) -> Path:
+        """Calibrated tensor ranges, reused by fallback rebuilds of the same graph and data."""
+        graph = hashlib.sha256(onnx_in.read_bytes()).hexdigest()[:12]
+        sym = "sym" if self.symmetric_activations else "asym"
+        return calib.path.with_name(f"ort-ranges-{graph}-{calib.sha256[:12]}-{self.calibration_method}-{sym}.json")
+
     def quantize(self, onnx_in: Path, onnx_out: Path, calib: CalibrationSet) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -69,6 +79,7 @@ class OrtQuantPreset:
                                    "AddQDQPairToWeight": self.qdq_on_weights,
                                    "DedicatedQDQPair": self.dedicated_qdq_pair,
                                    "QuantizeBias": self.quantize_bias},
+                    calibration_cache_path=str(self._ranges_cache(onnx_in, calib)),
                 )
 
 
@@ -118,7 +129,8 @@ class OnnxRuntimeTarget(Target):
             return "onnxruntime not installed"
         return None
 
-    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings) -> list[Artifact]:
+    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings,
+              keep_float: tuple[str, ...] = ()) -> list[Artifact]:
         if reason := self.unavailable_reason():
             raise BackendUnavailable(reason)
         path = out_dir / "model.onnx"
@@ -126,7 +138,7 @@ class OnnxRuntimeTarget(Target):
             with atomic_output(path) as tmp:
                 shutil.copyfile(onnx_path, tmp)
             return [Artifact(self.name, precision, path, [path])]
-        preset = OrtQuantPreset.cpu(settings.calibration_method)
+        preset = OrtQuantPreset.cpu(settings.calibration_method).keeping_float(keep_float)
         preset.quantize(onnx_path, path, calib)
         return [Artifact(self.name, precision, path, [path], parent=f"{self.name}-fp32",
                          details={"quantization": preset.to_dict(), "calibration_images": len(calib)})]

@@ -7,7 +7,8 @@ fp16 / int8 rows let the device choose and the report records what it chose.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ class NncfQuantPreset:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def keeping_float(self, onnx_nodes: tuple[str, ...]) -> "NncfQuantPreset":
+        return replace(self, ignored_nodes=tuple(onnx_nodes))
+
     def quantize(self, ov_model, calib: CalibrationSet):
         import nncf
 
@@ -39,7 +43,9 @@ class NncfQuantPreset:
             ov_model, nncf_dataset(calib), subset_size=len(calib),
             preset=nncf.QuantizationPreset.MIXED if self.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
             fast_bias_correction=self.fast_bias_correction,
-            ignored_scope=nncf.IgnoredScope(names=list(self.ignored_nodes)) if self.ignored_nodes else None,
+            # OpenVINO names the ops it converts from ONNX node N "N/WithoutBiases", "N/Add", ...
+            ignored_scope=nncf.IgnoredScope(patterns=[f"^{re.escape(n)}(/.*)?$" for n in self.ignored_nodes])
+            if self.ignored_nodes else None,
         )
 
 
@@ -82,7 +88,8 @@ class OpenVinoRunner(Runner):
 
     def runtime_info(self) -> str | None:
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        return f"OpenVINO {self.device} computing in {precision}"
+        name = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+        return f"OpenVINO {self.device} computing in {name}"
 
 
 class OpenVinoTarget(Target):
@@ -98,7 +105,8 @@ class OpenVinoTarget(Target):
             return "nncf not installed (pip install nncf)"
         return None
 
-    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings) -> list[Artifact]:
+    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings,
+              keep_float: tuple[str, ...] = ()) -> list[Artifact]:
         if reason := self.unavailable_reason():
             raise BackendUnavailable(reason)
         import openvino as ov
@@ -106,7 +114,7 @@ class OpenVinoTarget(Target):
         model = ov.convert_model(str(onnx_path))
         xml = out_dir / "model.xml"
         if precision == "int8":
-            preset = NncfQuantPreset.cpu()
+            preset = NncfQuantPreset.cpu().keeping_float(keep_float)
             files = _save_ir(preset.quantize(model, calib), xml, compress_to_fp16=False)
             return [Artifact(self.name, precision, xml, files, parent=f"{self.name}-fp32",
                              details={"quantization": preset.to_dict(), "calibration_images": len(calib)})]

@@ -85,15 +85,21 @@ class TensorRtTarget(Target):
             return "cuda-python not installed (pip install cuda-python)"
         return None
 
-    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings) -> list[Artifact]:
+    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path, settings,
+              keep_float: tuple[str, ...] = ()) -> list[Artifact]:
         files = [_copy(ENGINE_SCRIPT, out_dir / "trt_engine.py")]
         spec = calib.spec if calib is not None else None
         details: dict = {"bundle": str(out_dir), "build_command": "sh build_engine.sh"}
         if precision == "int8":
-            preset = OrtQuantPreset.tensorrt(settings.calibration_method)
+            preset = OrtQuantPreset.tensorrt(settings.calibration_method).keeping_float(keep_float)
             onnx_for_trt = out_dir / "model_qdq.onnx"
             preset.quantize(onnx_path, onnx_for_trt, calib)
-            files += [onnx_for_trt, _copy(calib.path, out_dir / "calibration.npz")]
+            # Explicit quantization: a layer without Q/DQ runs in fp16/fp32, so the layer precision
+            # of the fallback travels inside the graph; this file says which layers those are.
+            with atomic_output(out_dir / "layer_precisions.json") as tmp:
+                tmp.write_text(json.dumps({"int8": "every Conv/Gemm with Q/DQ inputs",
+                                           "float": list(keep_float)}, indent=2))
+            files += [onnx_for_trt, _copy(calib.path, out_dir / "calibration.npz"), out_dir / "layer_precisions.json"]
             details["quantization"] = preset.to_dict()
             command = "python3 trt_engine.py build --onnx model_qdq.onnx --precision int8 --out model.plan"
         else:

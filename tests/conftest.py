@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated datasets and configs written to tmp dirs."""
+"""Shared fixtures: small generated datasets, configs written to tmp dirs, and a tiny trained
+model with confident answers (so int8 agreement is meaningful in tests)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
+
+from calibration import create_calibration_set
+from pipeline.export import export_onnx
+from pipeline.preprocess import PreprocessSpec
 
 
 def write_image(path: Path, size=(48, 48), mode="L", seed=0) -> Path:
@@ -39,3 +45,53 @@ def write_config(tmp_path):
         return path
 
     return _write
+
+
+TINY_SPEC = PreprocessSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dark images with a bright blob on the left (class 0) or on the right (class 1)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    for img, y in zip(images, labels):
+        r, c = rng.integers(6, 26), (rng.integers(4, 12) if y == 0 else rng.integers(20, 28))
+        img[r - 4:r + 4, c - 4:c + 4] = 230
+    return images, labels
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d((1, 2)), torch.nn.Flatten())
+        self.head = torch.nn.Linear(64, 2)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    images, labels = _images(256, seed=1)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    x, y = torch.from_numpy(TINY_SPEC.normalize(images)), torch.from_numpy(labels)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    model.eval()
+    root = tmp_path_factory.mktemp("tiny")
+    onnx_path = export_onnx(model, root / "model.onnx", 32, opset=18, dynamic_batch=True, simplify=True)
+    calib = create_calibration_set(images, labels, np.arange(len(labels)), 64, 0, TINY_SPEC, root / "calib.npz")
+    test_images, test_labels = _images(64, seed=2)
+    test_x = TINY_SPEC.normalize(test_images)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(test_x)).numpy()
+    assert (reference.argmax(1) == test_labels).mean() > 0.9, "the tiny model must be confident for these tests"
+    return {"model": model, "onnx": onnx_path, "calib": calib, "x": test_x, "reference": reference, "root": root}

@@ -36,6 +36,7 @@ def project(tmp_path_factory):
            "model": {"image_size": 64},
            "finetune": {"warmup_epochs": 40, "epochs": 0, "head_lr": 0.01},
            "calibration": {"size": 16},
+           "fallback": {"max_float_layers": 2},
            "targets": [{"name": "onnxruntime"}, {"name": "tensorrt", "precisions": ["int8"]}],
            "verify": {"runs": 10, "warmup": 2, "throughput_batch": 8}}
     (root / "build.yaml").write_text(yaml.safe_dump(cfg))
@@ -53,6 +54,7 @@ def test_healthy_build_passes_its_gates(project):
     assert ok["torch-fp32"]["accuracy"] >= 0.9
     assert ok["onnxruntime-fp32"]["agreement"] == 1.0 and ok["onnxruntime-fp32"]["vs_parent"]["parent"] == "torch-fp32"
     assert ok["onnxruntime-int8"]["vs_parent"]["parent"] == "onnxruntime-fp32"
+    assert ok["onnxruntime-int8"]["details"]["fallback"]["goal_met_on_val"]
     assert ok["tensorrt-int8"]["status"] == "skipped" and ok["tensorrt-int8"]["reason"] == "tensorrt not installed"
     assert "proxy" in ok["tensorrt-int8-proxy"]["proxy"]
     for r in report["rows"]:
@@ -89,5 +91,9 @@ def test_broken_int8_artifact_fails_the_gates_with_exit_3(project, monkeypatch):
     assert ("onnxruntime-int8", "min_agreement") in failed
     assert not any(a == "onnxruntime-fp32" for a, _ in failed)
     assert len(report["rows"]) == 5  # every other result is still written
+    broken = next(r for r in report["rows"] if r["name"] == "onnxruntime-int8")
+    fallback = broken["details"]["fallback"]  # the fallback tried, could not repair a broken scale, and says so
+    assert [s["float_layers"] for s in fallback["steps"]] == [0, 1, 2] and not fallback["goal_met_on_val"]
+    assert "goal NOT met on val" in (project / "out" / "report.md").read_text()
     suite = ET.parse(project / "junit.xml").getroot().find("testsuite")
     assert int(suite.get("failures")) >= 1
