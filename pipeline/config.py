@@ -126,7 +126,7 @@ class FallbackConfig(_Section):
     enabled: bool = True
     target_agreement: float = Field(0.99, ge=0, le=1, description="top-1 agreement with float on the val split")
     max_accuracy_drop: float = Field(0.003, ge=0, le=1, description="val accuracy drop allowed")
-    max_float_layers: int = Field(8, ge=0, description="most layers kept in float before giving up")
+    max_float_layers: int = Field(4, ge=0, description="most layers kept in float before giving up")
 
 
 class GateConfig(_Section):

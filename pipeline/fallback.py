@@ -127,8 +127,14 @@ class FallbackPolicy:
         return score["agreement"] >= self.target_agreement and score["accuracy_drop"] <= self.max_accuracy_drop
 
 
+def _rank_step(step: dict) -> tuple:
+    """Best = highest agreement, then smallest accuracy drop, then fewest float layers."""
+    return (step["agreement"], -step["accuracy_drop"], -step["float_layers"])
+
+
 def build_with_fallback(build, load, val: ValidationSet, ranking: list[dict], policy: FallbackPolicy, label: str):
-    """build(keep_float) -> artifacts; load(artifact) -> runner. Returns the artifacts of the chosen step."""
+    """build(keep_float) -> artifacts; load(artifact) -> runner. Stops at the first step that meets
+    the goal; if none does, ships the best step seen (rebuilt if it was not the last)."""
     steps, artifacts = [], []
     for k in policy.schedule():
         keep = tuple(r["layer"] for r in ranking[:k])
@@ -143,9 +149,14 @@ def build_with_fallback(build, load, val: ValidationSet, ranking: list[dict], po
                       f"accuracy drop {score['accuracy_drop'] * 100:+.2f} pt")
         if policy.met(score):
             break
+    chosen = steps[-1] if policy.met(steps[-1]) else max(steps, key=_rank_step)
+    keep = tuple(r["layer"] for r in ranking[:chosen["float_layers"]])
+    if chosen is not steps[-1]:
+        artifacts = build(keep)
     for a in artifacts:
-        a.details["fallback"] = {"kept_float": list(keep), "steps": steps, "goal_met_on_val": policy.met(steps[-1]),
-                                 "latency_cost_ms": steps[-1]["p50_ms"] - steps[0]["p50_ms"],
+        a.details["fallback"] = {"kept_float": list(keep), "steps": steps, "chosen_step": chosen["float_layers"],
+                                 "goal_met_on_val": policy.met(chosen),
+                                 "latency_cost_ms": chosen["p50_ms"] - steps[0]["p50_ms"],
                                  "goal": {"val_agreement": policy.target_agreement,
                                           "val_max_accuracy_drop": policy.max_accuracy_drop}}
     return artifacts

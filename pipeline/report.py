@@ -98,7 +98,8 @@ def render_markdown(report: dict) -> str:
     for r in report["rows"]:
         fb = (r.get("details") or {}).get("fallback")
         if fb:
-            first, last = fb["steps"][0], fb["steps"][-1]
+            first = fb["steps"][0]
+            last = next(st for st in fb["steps"] if st["float_layers"] == fb["chosen_step"])
             kept = ", ".join(fb["kept_float"]) or "none"
             notes.append(f"- {r['name']}: {len(fb['kept_float'])} layer(s) kept in float ({kept}); val agreement "
                          f"{first['agreement']:.2%} -> {last['agreement']:.2%}, latency cost "

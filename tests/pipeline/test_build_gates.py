@@ -94,6 +94,25 @@ def test_broken_int8_artifact_fails_the_gates_with_exit_3(project, monkeypatch):
     broken = next(r for r in report["rows"] if r["name"] == "onnxruntime-int8")
     fallback = broken["details"]["fallback"]  # the fallback tried, could not repair a broken scale, and says so
     assert [s["float_layers"] for s in fallback["steps"]] == [0, 1, 2] and not fallback["goal_met_on_val"]
+    assert broken["agreement"] < 0.98
     assert "goal NOT met on val" in (project / "out" / "report.md").read_text()
     suite = ET.parse(project / "junit.xml").getroot().find("testsuite")
     assert int(suite.get("failures")) >= 1
+
+
+def test_a_target_that_fails_to_build_fails_loudly_and_the_others_are_reported(project, monkeypatch):
+    from targets.tensorrt import TensorRtTarget
+
+    def explode(self, *args, **kwargs):
+        raise RuntimeError("simulated builder crash")
+
+    monkeypatch.setattr(TensorRtTarget, "build", explode)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["build", str(project / "build.yaml")])
+    assert result.exit_code == 3, result.output
+    assert "tensorrt int8 failed to build: RuntimeError: simulated builder crash" in result.stderr
+    report = json.loads((project / "out" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["tensorrt-int8"]["status"] == "failed" and "simulated builder crash" in rows["tensorrt-int8"]["reason"]
+    assert rows["onnxruntime-fp32"]["status"] == rows["onnxruntime-int8"]["status"] == "ok"
+    assert any(g["artifact"] == "tensorrt-int8" and g["gate"] == "build" and g["status"] == "failed" for g in report["gates"])
