@@ -127,9 +127,12 @@ class FallbackPolicy:
         return score["agreement"] >= self.target_agreement and score["accuracy_drop"] <= self.max_accuracy_drop
 
 
-def _rank_step(step: dict) -> tuple:
-    """Best = highest agreement, then smallest accuracy drop, then fewest float layers."""
-    return (step["agreement"], -step["accuracy_drop"], -step["float_layers"])
+def _best_step(steps: list[dict], n_val: int) -> dict:
+    """When the goal is out of reach: the fewest float layers whose agreement is within one
+    validation image of the best step's (a one-image gain is noise, float layers cost latency)."""
+    best = max(s["agreement"] for s in steps)
+    close = [s for s in steps if s["agreement"] >= best - 1.0 / n_val - 1e-9]
+    return min(close, key=lambda s: (s["float_layers"], s["accuracy_drop"]))
 
 
 def build_with_fallback(build, load, val: ValidationSet, ranking: list[dict], policy: FallbackPolicy, label: str):
@@ -149,7 +152,7 @@ def build_with_fallback(build, load, val: ValidationSet, ranking: list[dict], po
                       f"accuracy drop {score['accuracy_drop'] * 100:+.2f} pt")
         if policy.met(score):
             break
-    chosen = steps[-1] if policy.met(steps[-1]) else max(steps, key=_rank_step)
+    chosen = steps[-1] if policy.met(steps[-1]) else _best_step(steps, len(val.labels))
     keep = tuple(r["layer"] for r in ranking[:chosen["float_layers"]])
     if chosen is not steps[-1]:
         artifacts = build(keep)

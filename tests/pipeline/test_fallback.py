@@ -1,7 +1,7 @@
 import numpy as np
 
 from pipeline.config import OnnxRuntimeTargetConfig
-from pipeline.fallback import FallbackPolicy, ValidationSet, build_with_fallback, rank_layers
+from pipeline.fallback import FallbackPolicy, ValidationSet, _best_step, build_with_fallback, rank_layers
 from targets import get_target
 
 
@@ -9,6 +9,15 @@ def test_schedule_doubles_up_to_the_limit():
     assert FallbackPolicy(0.99, 0.003, 8).schedule() == [0, 1, 2, 4, 8]
     assert FallbackPolicy(0.99, 0.003, 5).schedule() == [0, 1, 2, 4, 5]
     assert FallbackPolicy(0.99, 0.003, 0).schedule() == [0]
+
+
+def test_out_of_reach_goal_prefers_few_float_layers_unless_the_gain_is_real():
+    steps = [{"float_layers": 0, "agreement": 0.970, "accuracy_drop": 0.0},
+             {"float_layers": 1, "agreement": 0.9725, "accuracy_drop": 0.0},
+             {"float_layers": 2, "agreement": 0.980, "accuracy_drop": 0.0},
+             {"float_layers": 4, "agreement": 0.9825, "accuracy_drop": 0.0}]
+    assert _best_step(steps, n_val=400)["float_layers"] == 2  # 4 gains one image over 2: noise
+    assert _best_step(steps, n_val=40)["float_layers"] == 0  # on 40 images all are within one image
 
 
 def test_validation_score():
@@ -45,7 +54,7 @@ def test_fallback_adds_float_layers_until_the_goal_holds(tiny, tmp_path):
     [artifact] = build_with_fallback(build, lambda a: target.load(a, 1), val, ranking, FallbackPolicy(1.01, 0, 2), "t")
     fb = artifact.details["fallback"]
     assert [s["float_layers"] for s in fb["steps"]] == [0, 1, 2] and all(s["p50_ms"] > 0 for s in fb["steps"])
-    best = max(fb["steps"], key=lambda s: (s["agreement"], -s["accuracy_drop"], -s["float_layers"]))
+    best = _best_step(fb["steps"], len(val.labels))
     assert fb["chosen_step"] == best["float_layers"] and not fb["goal_met_on_val"]
     assert fb["kept_float"] == [r["layer"] for r in ranking[:best["float_layers"]]]
     assert seen[-1] == tuple(fb["kept_float"])  # the shipped artifact is the chosen step's build
