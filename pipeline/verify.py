@@ -63,7 +63,8 @@ def run_verify(cfg: BuildConfig, data: PreparedData, manifest: Manifest, artifac
     from pipeline.torch_model import TorchRunner, load_checkpoint
 
     t0 = time.perf_counter()
-    model, meta = load_checkpoint(manifest.output("finetune", "checkpoint"))
+    checkpoint = manifest.output("finetune", "checkpoint")
+    model, meta = load_checkpoint(checkpoint)
     if meta["classes"] != list(data.classes):
         raise MissingArtifactError("the checkpoint was trained on other classes than this dataset has",
                                    "rerun `edgepipe build` with this config")
@@ -76,7 +77,7 @@ def run_verify(cfg: BuildConfig, data: PreparedData, manifest: Manifest, artifac
         logits[REFERENCE] = ref["logits"]
         ref_acc = float((ref["logits"].argmax(1) == y_te).mean())
         rows.append({"name": REFERENCE, "target": "torch", "precision": "fp32", "status": "ok", "reason": None,
-                     "proxy": None, "details": {}, "size_bytes": manifest.output("finetune", "checkpoint").stat().st_size,
+                     "proxy": None, "details": {}, "size_bytes": checkpoint.stat().st_size,
                      **_row(ref, y_te, data.classes, ref["logits"], REFERENCE, ref["logits"], ref_acc)})
         bar.advance(task)
         for a in artifacts:
