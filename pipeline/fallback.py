@@ -20,6 +20,7 @@ from calibration.set import CalibrationSet
 from pipeline.console import console
 
 LAYER_TYPES = ("Conv", "Gemm", "MatMul")
+RANK_IMAGES = 160  # validation images used to rank layers (the goal check uses all of them)
 
 
 @dataclass
@@ -44,11 +45,7 @@ def run_and_time(runner, x: np.ndarray, batch: int = 32, timed_runs: int = 30) -
     with runner:
         step = min(batch, runner.max_batch or batch)
         logits = np.concatenate([runner.infer(x[i:i + step]) for i in range(0, len(x), step)])
-        times = []
-        for i in range(5 + timed_runs):
-            runner.infer(x[:1])
-            if i >= 5:
-                times.append(runner.inference_time)
+        times = runner.time(x[:1], timed_runs, warmup=5)
     return logits, float(np.median(times) * 1e3)
 
 
@@ -76,7 +73,8 @@ def _bypass_inputs(model, node) -> list[tuple[int, str]]:
     return undo
 
 
-def rank_layers(onnx_path: Path, calib: CalibrationSet, val: ValidationSet, threads: int, limit: int = 160) -> list[dict]:
+def rank_layers(onnx_path: Path, calib: CalibrationSet, val: ValidationSet, threads: int,
+                limit: int = RANK_IMAGES) -> list[dict]:
     """Layers (ONNX node names) ordered by how much keeping them in float helps, most first."""
     import onnx
 

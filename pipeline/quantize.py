@@ -12,7 +12,7 @@ import traceback
 
 from calibration import create_calibration_set
 from pipeline.config import BuildConfig
-from pipeline.fallback import FallbackPolicy, ValidationSet, build_with_fallback, rank_layers
+from pipeline.fallback import RANK_IMAGES, FallbackPolicy, ValidationSet, build_with_fallback, rank_layers
 from pipeline.console import console
 from pipeline.data import PreparedData
 from pipeline.manifest import Manifest, write_json
@@ -36,7 +36,7 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
         x_val, y_val = data.subset("val")
         x_val = data.spec.normalize(x_val)
         val = ValidationSet(x_val, y_val, ort_logits(onnx_path, x_val))
-        console.print(f"ranking layer sensitivity on {min(160, len(y_val))} validation images ...")
+        console.print(f"ranking layer sensitivity on {min(RANK_IMAGES, len(y_val))} validation images ...")
         ranking = rank_layers(onnx_path, calib, val, cfg.verify.threads)
         write_json(cfg.output_dir / "calibration" / "layer_sensitivity.json", ranking)
     artifacts: list[Artifact] = []

@@ -31,18 +31,8 @@ def measure(runner: Runner, rgb8: np.ndarray, spec: PreprocessSpec, vcfg: Verify
         info = runner.runtime_info()
         batch = min(vcfg.throughput_batch, runner.max_batch or vcfg.throughput_batch)
         logits = np.concatenate([runner.infer(spec.normalize(rgb8[i:i + batch])) for i in range(0, len(rgb8), batch)])
-        one = spec.normalize(rgb8[:1])
-        for _ in range(vcfg.warmup):
-            runner.infer(one)
-        times = []
-        for _ in range(vcfg.runs):
-            runner.infer(one)
-            times.append(runner.inference_time)
-        full = spec.normalize(np.resize(rgb8, (batch,) + rgb8.shape[1:]))
-        batch_times = []
-        for _ in range(3):
-            runner.infer(full)
-            batch_times.append(runner.inference_time)
+        times = runner.time(spec.normalize(rgb8[:1]), vcfg.runs, vcfg.warmup)
+        batch_times = runner.time(spec.normalize(np.resize(rgb8, (batch,) + rgb8.shape[1:])), 3)
     return {"logits": logits, "runtime": info, "latency_ms": latency_stats(times),
             "throughput": {"batch": batch, "images_per_s": float(batch / np.median(batch_times))}}
 

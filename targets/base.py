@@ -78,6 +78,16 @@ class Runner(ABC):
         self.inference_time = time.perf_counter() - start
         return out
 
+    def time(self, x: np.ndarray, runs: int, warmup: int = 0) -> list[float]:
+        """Seconds of each of `runs` infer(x) calls after `warmup` untimed ones (active runner)."""
+        for _ in range(warmup):
+            self.infer(x)
+        times = []
+        for _ in range(runs):
+            self.infer(x)
+            times.append(self.inference_time)
+        return times
+
     def deactivate(self) -> None:
         if self.is_active:
             self.deactivate_impl()
