@@ -1,5 +1,5 @@
 # Two commands: `make run` builds the embedded ELPV example, `make test` runs the test suite.
-# Both create .venv and install the project (with its pinned torch) on first use.
+# Both create .venv and install the project with its build tools (pinned torch) on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ CONFIG ?= examples/elpv.yaml
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[build,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,4 +25,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf build
+	rm -rf build dist

@@ -1,4 +1,4 @@
-"""Runs stages in order: data -> finetune -> export -> quantize -> verify -> report.
+"""Runs stages in order: data -> finetune -> export -> quantize -> verify -> report -> bundle.
 
 Each stage reads what earlier stages recorded in the manifest (checked by hash) and records its
 own outputs, so any stage can also run alone once its inputs exist.
@@ -14,7 +14,7 @@ from pipeline.config import BuildConfig
 from pipeline.console import console
 from pipeline.manifest import Manifest
 
-STAGES = ("finetune", "export", "quantize", "verify", "report")
+STAGES = ("finetune", "export", "quantize", "verify", "report", "bundle")
 
 
 def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = None) -> int:
@@ -30,7 +30,7 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     t0 = time.perf_counter()
     manifest = Manifest.open(cfg)
     data = None
-    if set(stages) - {"report"}:
+    if set(stages) - {"report", "bundle"}:
         data = prepare(cfg.dataset, preprocess_spec(cfg.model.backbone, cfg.model.image_size), cfg.seed)
         manifest.record_dataset(data.summary())
         console.print(f"dataset {cfg.dataset.source}: {len(data.labels)} images, classes {', '.join(data.classes)}, "
@@ -52,6 +52,10 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
             if results is None:
                 results = json.loads(manifest.output("verify", "results").read_text())
             code = run_report(cfg, results, manifest, junit)
+        elif stage == "bundle":
+            from pipeline.bundle import run_bundle
+
+            run_bundle(cfg, manifest)
         manifest.data.setdefault("stage_wall_s", {})[stage] = round(time.perf_counter() - started, 1)
     manifest.data["wall_s"] = round(time.perf_counter() - t0, 1)
     manifest.save()

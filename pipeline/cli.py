@@ -52,7 +52,21 @@ JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
                      help="also write the gate results as JUnit XML to this file")
 
 
+# Config commands run on the build machine; a field unit installs edgepipe[runtime] without these.
+BUILD_MODULES = ("torch", "torchvision", "timm", "onnx")
+
+
+def _require_build_tools() -> None:
+    import importlib.util
+
+    missing = [m for m in BUILD_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EdgepipeError(f"{', '.join(missing)} not installed: building needs edgepipe's build tools",
+                            "pip install 'edgepipe[build]'")
+
+
 def _run(config: str, stages: tuple[str, ...], junit: Path | None = None) -> None:
+    _require_build_tools()
     from pipeline.build import run_stages
     from pipeline.config import load_config
 
@@ -67,7 +81,7 @@ def _run(config: str, stages: tuple[str, ...], junit: Path | None = None) -> Non
 @_guard
 def build(config: str, junit: Path | None) -> None:
     """Run every stage of CONFIG; exit 3 if a gate fails."""
-    _run(config, ("finetune", "export", "quantize", "verify", "report"), junit)
+    _run(config, ("finetune", "export", "quantize", "verify", "report", "bundle"), junit)
 
 
 @cli.command()
@@ -110,6 +124,20 @@ def verify(config: str, junit: Path | None) -> None:
 def report(config: str, junit: Path | None) -> None:
     """Re-apply the gates of CONFIG to the last verify results and rewrite the reports."""
     _run(config, ("report",), junit)
+
+
+@cli.command("bundle")
+@CONFIG
+@_guard
+def bundle_(config: str) -> None:
+    """Write a deploy bundle per verified artifact of CONFIG's last build (dist/<name>/<target>-<precision>/)."""
+    _run(config, ("bundle",))
+
+
+# predict / bench / check / engine: the field-unit commands, which need no build tools.
+from runtime.cli import add_runtime_commands  # noqa: E402  (they reuse _guard, defined above)
+
+add_runtime_commands(cli, _guard)
 
 
 def main() -> None:

@@ -185,6 +185,14 @@ class VerifyConfig(_Section):
     throughput_batch: int = Field(32, ge=1)
 
 
+class BundleConfig(_Section):
+    """Deploy bundles: one self-contained folder per verified artifact, for field units."""
+
+    enabled: bool = True
+    dist_dir: Path = Field(Path("dist"), description="bundles go to <dist_dir>/<name>/<target>-<precision>/")
+    archive: bool = Field(True, description="also write <name>-<target>-<precision>.tar.gz (+ .sha256), the release asset")
+
+
 class BuildConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -198,6 +206,7 @@ class BuildConfig(_Section):
     targets: list[TargetConfig] = Field(default_factory=_default_targets)
     verify: VerifyConfig = VerifyConfig()
     gates: GateConfig = GateConfig()
+    bundle: BundleConfig = BundleConfig()
 
     @field_validator("targets")
     @classmethod
@@ -219,6 +228,7 @@ def _resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
         "output_dir": rel(cfg.output_dir),
         "dataset": cfg.dataset.model_copy(update={"root": rel(cfg.dataset.root), "csv": rel(cfg.dataset.csv)}),
         "model": cfg.model.model_copy(update={"weights": rel(cfg.model.weights)}),
+        "bundle": cfg.bundle.model_copy(update={"dist_dir": rel(cfg.bundle.dist_dir)}),
     })
 
 

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from pipeline.config import DatasetConfig, SplitConfig
 from pipeline.console import progress
 from pipeline.errors import DataError
-from pipeline.preprocess import PreprocessSpec
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from pipeline.preprocess import DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, decode_image
 ELPV_CLASSES = ("functional", "defective")
 MIN_PER_CLASS = 3  # one image each for train, val and test
 
@@ -171,12 +167,6 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 # --- loading ---------------------------------------------------------------------------------
 
-def _decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()  # forces a full decode: truncated files fail here, not later
-    return image
-
-
 def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData:
     cat = catalog(cfg)
     files = list(cat.files)
@@ -191,8 +181,8 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
             bar.advance(task)
             try:
                 data = f.path.read_bytes()
-                image = _decode(data)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+                image = decode_image(data)
+            except DECODE_ERRORS as e:
                 reason = f"{type(e).__name__}: {e}".splitlines()[0]
                 if cfg.on_bad_image == "fail":
                     raise DataError(f"cannot read image {f.path} ({reason})",

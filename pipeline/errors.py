@@ -24,6 +24,25 @@ class MissingArtifactError(EdgepipeError):
     """A stage needs the output of an earlier stage that is not there."""
 
 
+class ImageError(EdgepipeError):
+    """An input image cannot be read or has a pixel format the model's preprocessing cannot take."""
+
+
+class BundleError(EdgepipeError):
+    """A deploy bundle is missing, incomplete or changed since the build wrote it: it must not run."""
+
+
+class BackendMissing(EdgepipeError):
+    """The runtime a bundle needs (onnxruntime, openvino, tensorrt) is not installed on this machine."""
+
+
+class EngineSkipped(BackendMissing):
+    """`edgepipe engine` on a machine without TensorRT: nothing was built. Its own exit code lets a
+    fleet script tell "not a Jetson" from a real failure."""
+
+    exit_code = 4
+
+
 class CheckFailed(EdgepipeError):
     """A built artifact failed a check (parity, gates): the build ran but must not ship."""
 

@@ -28,6 +28,16 @@ def latency_stats(seconds: list[float]) -> dict:
             "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "runs": int(len(ms))}
 
 
+def measure_latency(runner, one: np.ndarray, batch: np.ndarray, runs: int, warmup: int) -> dict:
+    """Batch-1 latency (`runs` timed after `warmup` untimed) and throughput at len(batch), through
+    Runner.time on an active runner: the build's verify stage and `edgepipe bench` both call this,
+    so their numbers are comparable."""
+    times = runner.time(one, runs, warmup)
+    batch_times = runner.time(batch, 3)
+    return {"latency_ms": latency_stats(times),
+            "throughput": {"batch": len(batch), "images_per_s": float(len(batch) / np.median(batch_times))}}
+
+
 def machine_info(threads: int) -> dict:
     import os
     import platform

@@ -5,10 +5,22 @@ Uses only PIL and numpy (no torch) so a field unit reproduces training's pixels 
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# What PIL raises on a file that is not a readable image (truncated, garbage, too large).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes -> fully decoded PIL image: truncated files fail here, not later."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,19 @@ class PreprocessSpec:
         if x.ndim == 3:
             x = x[None]
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def from_array(a: np.ndarray) -> Image.Image:
+    """An HxW, HxWx1, HxWx3 or HxWx4 uint8 / uint16 array -> the PIL image a file with those pixels
+    decodes to, so arrays go through the same to_rgb conversion as files."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.dtype not in (np.uint8, np.uint16) or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ValueError(f"pixel array of shape {a.shape} and dtype {a.dtype}: expected HxW, HxWx3 or HxWx4 "
+                         "of uint8 or uint16 (float pixels are ambiguous: 0-1 or 0-255?)")
+    if a.ndim == 3 and a.dtype == np.uint16:  # PIL has no 16-bit colour mode: scale as 16-bit gray is scaled
+        a = np.clip(a.astype(np.float64) * (255.0 / 65535.0), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))  # uint8: L / RGB / RGBA, uint16: I;16
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

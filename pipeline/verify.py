@@ -17,7 +17,7 @@ from pipeline.console import console, progress
 from pipeline.data import PreparedData
 from pipeline.errors import MissingArtifactError
 from pipeline.manifest import Manifest, write_json
-from pipeline.metrics import agreement, classification_metrics, latency_stats, machine_info
+from pipeline.metrics import agreement, classification_metrics, machine_info, measure_latency
 from pipeline.preprocess import PreprocessSpec
 from targets import get_target
 from targets.base import Artifact, Runner
@@ -31,10 +31,9 @@ def measure(runner: Runner, rgb8: np.ndarray, spec: PreprocessSpec, vcfg: Verify
         info = runner.runtime_info()
         batch = min(vcfg.throughput_batch, runner.max_batch or vcfg.throughput_batch)
         logits = np.concatenate([runner.infer(spec.normalize(rgb8[i:i + batch])) for i in range(0, len(rgb8), batch)])
-        times = runner.time(spec.normalize(rgb8[:1]), vcfg.runs, vcfg.warmup)
-        batch_times = runner.time(spec.normalize(np.resize(rgb8, (batch,) + rgb8.shape[1:])), 3)
-    return {"logits": logits, "runtime": info, "latency_ms": latency_stats(times),
-            "throughput": {"batch": batch, "images_per_s": float(batch / np.median(batch_times))}}
+        timing = measure_latency(runner, spec.normalize(rgb8[:1]),
+                                 spec.normalize(np.resize(rgb8, (batch,) + rgb8.shape[1:])), vcfg.runs, vcfg.warmup)
+    return {"logits": logits, "runtime": info, **timing}
 
 
 def _row(measured: dict, labels: np.ndarray, classes, reference: np.ndarray, parent_name: str,

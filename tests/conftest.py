@@ -95,3 +95,6 @@ def tiny(tmp_path_factory):
         reference = model(torch.from_numpy(test_x)).numpy()
     assert (reference.argmax(1) == test_labels).mean() > 0.9, "the tiny model must be confident for these tests"
     return {"model": model, "onnx": onnx_path, "calib": calib, "x": test_x, "reference": reference, "root": root}
+
+
+from tests.tiny_build import bundle_copy, tiny_build  # noqa: E402,F401  (fixtures: a bundled tiny build)

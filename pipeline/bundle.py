@@ -1,0 +1,240 @@
+"""Bundle stage: one self-contained deploy folder per artifact, carrying the numbers the build verified.
+
+Runs after `report`. For each artifact: <dist_dir>/<name>/<target>-<precision>/ with the model
+file(s) and bundle.json (schema in runtime/bundle.py), and <name>-<target>-<precision>.tar.gz
+(+ .sha256) beside it, the release asset. A field unit loads it with `runtime.Predictor` or
+`edgepipe predict`, which need no torch.
+
+Artifacts that failed to build or to run in verify get no bundle (the console says why). TensorRT
+bundles are written even where TensorRT is missing: they are what goes to the Jetson; bundle.json
+says whether their accuracy was verified through the ONNX Runtime proxy or not at all.
+Each folder and archive appears under its final name only when complete (temp + rename), and
+dist/<name>/ holds only this build's bundles: a stale one from an earlier build is removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.backbones import sha256_file
+from pipeline.config import BuildConfig
+from pipeline.console import console
+from pipeline.errors import MissingArtifactError
+from pipeline.manifest import Manifest, atomic_output
+from pipeline.quantize import recorded_artifacts
+from runtime.bundle import MANIFEST, SCHEMA, TRT_DEVICE_FILES, file_entry
+from targets.base import Artifact
+
+MODEL_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino-ir", "tensorrt": "onnx for TensorRT (engine built on the device)"}
+# The file TensorRT parses: the Q/DQ graph for int8, the float graph for fp16 (model_fp16.onnx rides along for TensorRT 11).
+TRT_MODEL = {"int8": "model_qdq.onnx", "fp16": "model.onnx"}
+ROW_KEYS = ("accuracy", "macro_f1", "per_class_recall", "confusion", "accuracy_delta", "agreement", "vs_parent",
+            "latency_ms", "throughput", "runtime")
+
+
+def _no_bundle_reason(a: Artifact, row: dict | None) -> str | None:
+    if a.status == "failed":
+        return f"failed to build: {a.reason}"
+    if a.status == "skipped" and not (a.target == "tensorrt" and a.files):
+        return f"not built: {a.reason}"
+    if a.status == "built" and (row is None or row["status"] != "ok"):
+        return f"failed verify: {row['reason'] if row else 'no verify result'}"
+    return None
+
+
+def io_spec(model: Path) -> tuple[dict, dict]:
+    """Input and output {name, shape (null = dynamic), dtype} as the runtime will see them."""
+    if model.suffix == ".xml":
+        import openvino as ov
+
+        m = ov.Core().read_model(str(model))
+
+        def port(p):
+            return {"name": p.get_any_name(), "shape": [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
+                    "dtype": p.get_element_type().to_dtype().name}
+
+        return port(m.inputs[0]), port(m.outputs[0])
+    import onnx
+
+    g = onnx.load(str(model), load_external_data=False).graph
+
+    def value(v):
+        t = v.type.tensor_type
+        return {"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim],
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return value(g.input[0]), value(g.output[0])
+
+
+def _verified(a: Artifact, rows: dict, results: dict, report: dict) -> tuple[dict, dict]:
+    """(verified, gates) for bundle.json: the report row measured for this artifact, or its proxy."""
+    row, how = rows.get(a.name), "measured"
+    if a.status == "skipped":  # TensorRT without TensorRT: its Q/DQ graph may have a proxy row
+        row, how = rows.get(f"{a.name}-proxy"), "proxy"
+        if row is None or row["status"] != "ok":
+            return ({"how": "none", "note": f"not verified: {a.reason} on the build machine; "
+                     "run `edgepipe check` with labelled images on the device"}, {"passed": None, "failed": []})
+    ref = rows[report["reference"]]
+    verified = {"how": how, "note": row.get("proxy"), "row": row["name"], "test_images": results["test_images"],
+                "reference": ref["name"], "reference_accuracy": ref["accuracy"], **{k: row.get(k) for k in ROW_KEYS},
+                "machine": results["machine"], "method": {**results["method"], "threads": results["machine"]["threads"]}}
+    failed = [g["reason"] for g in report["gates"] if g["artifact"] == row["name"] and g["status"] == "failed"]
+    return verified, {"passed": not failed, "failed": failed}
+
+
+def _runtime(target: str, versions: dict) -> dict:
+    if target == "tensorrt":
+        return {"package": "tensorrt", "version": None,
+                "install": "JetPack provides TensorRT; pip install 'edgepipe[runtime]' cuda-python"}
+    version = versions.get(target)
+    pin = f"=={version}" if version else ""
+    return {"package": target, "version": version, "install": f"pip install 'edgepipe[runtime]' {target}{pin}"}
+
+
+def bundle_files(a: Artifact) -> tuple[Path, list[Path]]:
+    """(model file, every file the bundle holds). A TensorRT plan is tied to its GPU: never shipped."""
+    if a.target == "tensorrt":
+        files = [f for f in a.files if f.name not in TRT_DEVICE_FILES]
+        return next(f for f in files if f.name == TRT_MODEL[a.precision]), files
+    return a.path, list(a.files or [a.path])
+
+
+def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dict, a: Artifact, rows: dict,
+                model: Path) -> dict:
+    dataset = manifest.data.get("dataset") or {}
+    if "preprocess" not in dataset:
+        raise MissingArtifactError(f"{manifest.path} records no preprocessing spec", "rerun `edgepipe build`")
+    inp, out = io_spec(model)
+    verified, gates = _verified(a, rows, results, report)
+    stages = manifest.data["stages"]
+    return {
+        "schema": SCHEMA, "name": cfg.name, "artifact": f"{a.target}-{a.precision}", "target": a.target,
+        "precision": a.precision, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "labels": list(results["classes"]), "preprocess": dataset["preprocess"], "input": inp, "output": out,
+        # details minus the build machine's own paths
+        "model": {"path": model.name, "format": MODEL_FORMAT[a.target],
+                  "details": {k: v for k, v in a.details.items() if k != "bundle"}},
+        "runtime": _runtime(a.target, manifest.data.get("tool_versions", {})),
+        "verified": verified, "gates": gates,
+        "build": {"edgepipe": __version__, "config_sha256": report["config_sha256"], "report_created": report["created"],
+                  "report_sha256": stages["report"]["outputs"]["report_json"]["sha256"],
+                  "onnx_sha256": stages["export"]["outputs"]["onnx"]["sha256"],
+                  "calibration_sha256": stages["quantize"]["metrics"].get("calibration_sha256"),
+                  "dataset_sha256": dataset.get("sha256"), "split_sha256": dataset.get("split_sha256")},
+        "tool_versions": manifest.data.get("tool_versions", {}),
+        "device_files": list(TRT_DEVICE_FILES) if a.target == "tensorrt" else [],
+    }
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put tmp under final's name; the old folder moves aside first, so final is never half-written."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_bundle(final: Path, files: list[Path], meta: dict) -> Path:
+    """Copy files into a temp folder, hash the copies into bundle.json, then rename into place."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for f in files:
+            shutil.copy2(f, tmp / f.name)  # copy2 keeps build_engine.sh executable
+        meta = {**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}}
+        (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
+        _replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_archive(folder: Path, path: Path, top: str) -> Path:
+    """A reproducible .tar.gz of the folder (fixed owner and times, sorted) under `top/`, plus `.sha256`."""
+    def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mtime = 0
+        return info
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="", compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(folder, arcname=top, recursive=False, filter=normalize)
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f"{top}/{f.name}", filter=normalize)
+    side = path.with_name(path.name + ".sha256")
+    with atomic_output(side) as tmp:
+        tmp.write_text(f"{sha256_file(path)}  {path.name}\n")
+    return path
+
+
+def _remove_stale(dist: Path, name: str, keep: set[str]) -> list[str]:
+    """Bundles and archives of this build name that this run did not write (their artifact is gone or failed)."""
+    removed = []
+    for p in sorted(dist.iterdir()) if dist.is_dir() else []:
+        ours = (p.is_dir() and (p / MANIFEST).is_file()) or (p.name.startswith(f"{name}-") and p.name.endswith((".tar.gz", ".tar.gz.sha256")))
+        if ours and p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def _check_order(manifest: Manifest) -> None:
+    """bundle.json must carry the numbers of exactly these artifacts: refuse a report older than them."""
+    stages = manifest.data["stages"]
+    for earlier, later in (("quantize", "verify"), ("verify", "report")):
+        if stages[later]["finished"] < stages[earlier]["finished"]:
+            raise MissingArtifactError(f"the {later} results are older than the {earlier} outputs in {manifest.path}",
+                                       "rerun `edgepipe verify` (or `edgepipe build`) before bundling")
+
+
+def run_bundle(cfg: BuildConfig, manifest: Manifest) -> list[Path]:
+    t0 = time.perf_counter()
+    if not cfg.bundle.enabled:
+        console.print("bundles disabled (bundle.enabled: false)")
+        return []
+    report = json.loads(manifest.output("report", "report_json").read_text())
+    results = json.loads(manifest.output("verify", "results").read_text())
+    _check_order(manifest)
+    rows = {r["name"]: r for r in report["rows"]}
+    dist = cfg.bundle.dist_dir / cfg.name
+    written, skipped, keep = [], {}, set()
+    for a in recorded_artifacts(manifest):
+        if a.proxy:  # its numbers go into the TensorRT bundle it stands in for
+            continue
+        key = f"{a.target}-{a.precision}"
+        if reason := _no_bundle_reason(a, rows.get(a.name)):
+            skipped[key] = reason
+            console.print(f"  {key:<28} [yellow]no bundle[/] {reason}")
+            continue
+        model, files = bundle_files(a)
+        meta = bundle_meta(cfg, manifest, report, results, a, rows, model)
+        folder = write_bundle(dist / key, files, meta)
+        keep.add(key)
+        entry = {"artifact": key, "path": str(folder), "verified": meta["verified"]["how"],
+                 "gates_passed": meta["gates"]["passed"]}
+        if cfg.bundle.archive:
+            archive = write_archive(folder, dist / f"{cfg.name}-{key}.tar.gz", f"{cfg.name}-{key}")
+            keep |= {archive.name, archive.name + ".sha256"}
+            entry |= {"archive": str(archive), "archive_sha256": sha256_file(archive)}
+        written.append(entry)
+        note = {"measured": "", "proxy": " (accuracy verified via the ONNX Runtime proxy)",
+                "none": f" (accuracy NOT verified: {a.reason})"}[meta["verified"]["how"]]
+        gate = "" if meta["gates"]["passed"] is not False else " [red]gates FAILED: do not ship[/]"
+        console.print(f"  {key:<28} [green]bundle[/] {folder}{note}{gate}")
+    for name in _remove_stale(dist, cfg.name, keep):
+        console.print(f"  removed stale {dist / name} (not produced by this build)")
+    manifest.record_stage("bundle", {}, {"bundles": len(written), "skipped": skipped},
+                          bundles=written, dist_dir=str(dist), wall_s=round(time.perf_counter() - t0, 1))
+    return [Path(w["path"]) for w in written]

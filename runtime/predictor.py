@@ -1,0 +1,192 @@
+"""Predictor: run a deploy bundle on images. numpy, PIL and the bundle's own backend; no torch.
+
+The runner is the one the build's verify stage measured (targets.<backend>.load with the same
+settings), and preprocessing is pipeline.preprocess with the spec stored in the bundle, so a
+field unit computes what the build report measured.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.backbones import sha256_file
+from pipeline.errors import BackendMissing, BundleError, ImageError
+from pipeline.preprocess import DECODE_ERRORS, decode_image, from_array
+from runtime.bundle import Bundle, load_bundle
+from targets.base import Runner
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+# target -> (module the runner imports, what to install when it is missing)
+BACKEND_MODULES = {"onnxruntime": ("onnxruntime", "pip install onnxruntime"),
+                   "openvino": ("openvino", "pip install openvino"),
+                   "tensorrt": ("tensorrt", "use JetPack's TensorRT and pip install cuda-python")}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    latency_ms: float  # model inference time of the batch this image was in (not preprocessing)
+    batch: int
+    source: str | None = None  # the path, when the input was one
+
+    def to_dict(self) -> dict:
+        d = {"path": self.source} if self.source is not None else {}
+        return d | {"label": self.label, "index": self.index, "probabilities": self.probabilities,
+                    "latency_ms": round(self.latency_ms, 3), "batch": self.batch}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _require(target: str, install_hint: str | None) -> None:
+    module, default_hint = BACKEND_MODULES[target]
+    try:
+        importlib.import_module(module)
+        if target == "tensorrt":
+            from targets.trt_engine import _cudart
+
+            _cudart()
+    except ImportError as e:
+        raise BackendMissing(f"this {target} bundle needs {e.name or module}, which is not installed here",
+                             install_hint or default_hint) from None
+
+
+def make_runner(bundle: Bundle, threads: int, proxy: bool = False) -> Runner:
+    """The runner the build's verify stage used for this artifact (not yet activated)."""
+    from targets import get_target
+    from targets.base import Artifact
+
+    target, precision = bundle.target, bundle.precision
+    files = [bundle.root / f for f in bundle.meta["files"]]
+    hint = (bundle.meta.get("runtime") or {}).get("install")
+    if proxy:
+        if target != "tensorrt" or bundle.verified.get("how") != "proxy":
+            raise BundleError(f"{bundle.name} has no proxy: --proxy runs a TensorRT int8 bundle's Q/DQ graph on "
+                              "ONNX Runtime, as the build verified it", "leave out --proxy")
+        from targets.tensorrt import PROXY_LABEL
+
+        _require("onnxruntime", None)
+        artifact = Artifact(target, precision, bundle.model_path, files, proxy=PROXY_LABEL)
+    elif target == "tensorrt":
+        artifact = Artifact(target, precision, _engine_plan(bundle), files)
+        _require(target, hint)
+    else:
+        if target not in BACKEND_MODULES:
+            raise BundleError(f"{bundle.name}: unknown target {target!r}", "rebuild the bundle with this edgepipe")
+        _require(target, hint)
+        artifact = Artifact(target, precision, bundle.model_path, files)
+    return get_target(target).load(artifact, threads)
+
+
+def _engine_plan(bundle: Bundle) -> Path:
+    """model.plan written on this device by `edgepipe engine`, checked against its engine.json."""
+    import json
+
+    plan, record = bundle.root / "model.plan", bundle.root / "engine.json"
+    if not plan.is_file() or not record.is_file():
+        raise BundleError(f"{bundle.name} holds no TensorRT engine for this device yet",
+                          f"run `edgepipe engine {bundle.root}` on the device first")
+    if json.loads(record.read_text()).get("plan_sha256") != sha256_file(plan):
+        raise BundleError(f"{bundle.name}: model.plan does not match engine.json (changed after `edgepipe engine`)",
+                          f"rebuild it: edgepipe engine {bundle.root}")
+    return plan
+
+
+def read_image(path: str | Path) -> Image.Image:
+    try:
+        return decode_image(Path(path).read_bytes())
+    except DECODE_ERRORS as e:  # missing, truncated, not an image
+        if isinstance(e, UnidentifiedImageError):
+            why = "not an image format PIL can read"
+        elif isinstance(e, OSError) and e.strerror:
+            why = e.strerror
+        else:
+            why = f"{type(e).__name__}: {e}"
+        raise ImageError(f"cannot read image {path}: {why}".splitlines()[0]) from None
+
+
+class Predictor:
+    """`Predictor(bundle_dir).predict(image | path | ndarray | list)`.
+
+    The bundle's sha256 values are checked before anything runs. One input gives a Prediction; a
+    list (or an NxHxWxC array) gives a list, run in batches of `batch_size`.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, batch_size: int = 8,
+                 proxy: bool = False):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.spec, self.labels = self.bundle.spec, self.bundle.labels
+        self.threads = threads or self.bundle.method("threads", 2)
+        self.runner = make_runner(self.bundle, self.threads, proxy).activate()
+        self.batch_size = max(1, min(batch_size, self.runner.max_batch or batch_size))
+        # One inference at load: a bundle whose model does not fit its labels fails here, not mid-run.
+        width = self.runner.infer(self.spec.normalize(np.zeros((1, self.spec.image_size, self.spec.image_size, 3),
+                                                               np.uint8))).shape[-1]
+        if width != len(self.labels):
+            self.close()
+            raise BundleError(f"{self.bundle.name}: the model has {width} outputs for {len(self.labels)} labels",
+                              "rebuild the bundle")
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def load(self, image: ImageLike) -> np.ndarray:
+        """Any supported input -> HxWx3 uint8 at the model's input size (the bundle's preprocessing)."""
+        if isinstance(image, (str, Path)):
+            image = read_image(image)
+        elif isinstance(image, np.ndarray):
+            try:
+                image = from_array(image)
+            except ValueError as e:
+                raise ImageError(str(e), "pass uint8 / uint16 pixels or a PIL image") from None
+        elif not isinstance(image, Image.Image):
+            raise ImageError(f"cannot predict on a {type(image).__name__}",
+                             "pass a path, a PIL image or a uint8 / uint16 pixel array")
+        return self.spec.to_rgb8(image)
+
+    # -- inference --------------------------------------------------------------------------------
+    def logits(self, rgb8: np.ndarray) -> np.ndarray:
+        """NxSxSx3 uint8 -> N x classes logits, in batches of batch_size."""
+        return np.concatenate([self.runner.infer(self.spec.normalize(rgb8[i:i + self.batch_size]))
+                               for i in range(0, len(rgb8), self.batch_size)])
+
+    def predict_pixels(self, rgb8: np.ndarray, sources: Sequence[str | None] | None = None) -> list[Prediction]:
+        out = []
+        for i in range(0, len(rgb8), self.batch_size):
+            chunk = rgb8[i:i + self.batch_size]
+            probs = softmax(self.runner.infer(self.spec.normalize(chunk)))
+            ms = self.runner.inference_time * 1e3
+            for j, p in enumerate(probs):
+                k = int(p.argmax())
+                out.append(Prediction(self.labels[k], k, {c: float(v) for c, v in zip(self.labels, p)}, ms,
+                                      len(chunk), None if sources is None else sources[i + j]))
+        return out
+
+    def predict(self, images: ImageLike | Sequence[ImageLike]) -> Prediction | list[Prediction]:
+        single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
+        items = [images] if single else list(images)
+        if not items:
+            return []
+        sources = [str(x) if isinstance(x, (str, Path)) else None for x in items]
+        preds = self.predict_pixels(np.stack([self.load(x) for x in items]), sources)
+        return preds[0] if single else preds
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

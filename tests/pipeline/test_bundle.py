@@ -1,0 +1,98 @@
+"""The bundle stage on a tiny build: what goes into each bundle, what is left out and why, archives."""
+
+import copy
+import hashlib
+import json
+import tarfile
+
+import pytest
+
+from pipeline.bundle import run_bundle
+from pipeline.errors import MissingArtifactError
+from pipeline.manifest import Manifest
+from runtime.bundle import load_bundle
+from tests.conftest import TINY_SPEC
+
+
+def _meta(tiny_build, name):
+    return json.loads((tiny_build["dist"] / name / "bundle.json").read_text())
+
+
+def test_one_bundle_per_verified_artifact_and_none_for_the_failed_one(tiny_build):
+    dist = tiny_build["dist"]
+    folders = sorted(p.name for p in dist.iterdir() if p.is_dir())
+    assert folders == ["onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "tensorrt-fp16", "tensorrt-int8"]
+    stage = tiny_build["manifest"].data["stages"]["bundle"]
+    assert stage["metrics"]["skipped"] == {"openvino-int8": "failed to build: boom"}
+    assert {b["artifact"] for b in stage["bundles"]} == set(folders)
+
+
+def test_bundle_json_carries_the_build_report_numbers_and_the_training_preprocessing(tiny_build):
+    report = json.loads((tiny_build["cfg"].output_dir / "report.json").read_text())
+    row = next(r for r in report["rows"] if r["name"] == "onnxruntime-int8")
+    meta = _meta(tiny_build, "onnxruntime-int8")
+    assert meta["labels"] == ["left", "right"] and meta["preprocess"] == json.loads(json.dumps(TINY_SPEC.to_dict()))
+    assert meta["input"] == {"name": "input", "shape": [None, 3, 32, 32], "dtype": "float32"}
+    assert meta["output"]["shape"] == [None, 2]
+    v = meta["verified"]
+    assert v["how"] == "measured" and v["accuracy"] == row["accuracy"] and v["latency_ms"] == row["latency_ms"]
+    assert v["confusion"] == row["confusion"] and v["test_images"] == 64 and v["method"]["threads"] == 1
+    assert meta["gates"] == {"passed": True, "failed": []}
+    assert meta["runtime"]["install"].endswith(f"onnxruntime=={meta['tool_versions']['onnxruntime']}")
+    assert meta["build"]["report_sha256"] == hashlib.sha256((tiny_build["cfg"].output_dir / "report.json").read_bytes()).hexdigest()
+
+
+def test_files_are_listed_with_their_sha256_and_nothing_else_is_shipped(tiny_build):
+    for folder in tiny_build["dist"].iterdir():
+        if folder.is_dir():
+            meta = _meta(tiny_build, folder.name)
+            assert {p.name for p in folder.iterdir()} == set(meta["files"]) | {"bundle.json"}
+            for name, entry in meta["files"].items():
+                assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == entry["sha256"]
+    assert set(_meta(tiny_build, "openvino-fp32")["files"]) == {"model.xml", "model.bin"}
+
+
+def test_tensorrt_bundles_go_to_the_device_with_how_they_were_verified(tiny_build):
+    int8 = _meta(tiny_build, "tensorrt-int8")
+    assert {"model_qdq.onnx", "calibration.npz", "trt_engine.py", "build_engine.sh"} <= set(int8["files"])
+    assert "model.plan" not in int8["files"] and "model.plan" in int8["device_files"]
+    assert int8["model"]["path"] == "model_qdq.onnx" and int8["verified"]["how"] == "proxy"
+    assert int8["verified"]["row"] == "tensorrt-int8-proxy" and "proxy" in int8["verified"]["note"]
+    fp16 = _meta(tiny_build, "tensorrt-fp16")
+    assert fp16["verified"]["how"] == "none" and "accuracy" not in fp16["verified"]
+    assert fp16["gates"]["passed"] is None and {"model.onnx", "model_fp16.onnx"} <= set(fp16["files"])
+    assert (tiny_build["dist"] / "tensorrt-int8" / "build_engine.sh").stat().st_mode & 0o111
+
+
+def test_archive_is_the_bundle_under_one_folder_and_its_sha256_file_matches(tiny_build, tmp_path):
+    archive = tiny_build["dist"] / "tiny-openvino-fp32.tar.gz"
+    digest, name = (tiny_build["dist"] / "tiny-openvino-fp32.tar.gz.sha256").read_text().split()
+    assert name == archive.name and digest == hashlib.sha256(archive.read_bytes()).hexdigest()
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["tiny-openvino-fp32", "tiny-openvino-fp32/bundle.json",
+                                          "tiny-openvino-fp32/model.bin", "tiny-openvino-fp32/model.xml"]
+        tar.extractall(tmp_path, filter="data")
+    assert load_bundle(tmp_path / "tiny-openvino-fp32").target == "openvino"
+
+
+def test_rerun_replaces_bundles_and_removes_stale_ones(tiny_build):
+    cfg, dist = tiny_build["cfg"], tiny_build["dist"]
+    stale = dist / "onnxruntime-fp16"
+    stale.mkdir()
+    (stale / "bundle.json").write_text("{}")
+    (dist / "tiny-onnxruntime-fp16.tar.gz").write_bytes(b"old")
+    (dist / "notes.txt").write_text("the user's own file")
+    before = _meta(tiny_build, "onnxruntime-fp32")
+    manifest = Manifest(tiny_build["manifest"].out_dir, copy.deepcopy(tiny_build["manifest"].data))
+    run_bundle(cfg, manifest)
+    assert not stale.exists() and not (dist / "tiny-onnxruntime-fp16.tar.gz").exists()
+    assert (dist / "notes.txt").exists()
+    assert _meta(tiny_build, "onnxruntime-fp32")["files"] == before["files"]
+    assert not [p for p in dist.iterdir() if p.name.startswith(".")], "no temp folders left behind"
+
+
+def test_refuses_to_bundle_when_the_report_predates_the_artifacts(tiny_build):
+    data = copy.deepcopy(tiny_build["manifest"].data)
+    data["stages"]["verify"]["finished"] = "2000-01-01T00:00:00+00:00"
+    with pytest.raises(MissingArtifactError, match="verify results are older than the quantize outputs"):
+        run_bundle(tiny_build["cfg"], Manifest(tiny_build["manifest"].out_dir, data))

