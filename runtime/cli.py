@@ -152,6 +152,7 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
         from runtime.predictor import Predictor
 
         with Predictor(bundle, threads=threads, proxy=proxy) as p:
+            _warn_if_gates_failed(p.bundle)
             result = run_bench(p, runs=runs, warmup=warmup, image=image)
         if as_json:
             click.echo(json.dumps(result, indent=2))
@@ -177,6 +178,7 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
         from runtime.predictor import Predictor
 
         b = load_bundle(bundle)
+        _warn_if_gates_failed(b)
         # verify scored the test split in batches of throughput_batch: the same batches here
         with Predictor(b, threads=threads, batch_size=b.method("throughput_batch", 32), proxy=proxy) as p, progress() as bar:
             task = bar.add_task("check", total=len(labelled_images(folder, p.labels)), status="")

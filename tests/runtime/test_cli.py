@@ -145,3 +145,15 @@ def test_lines_written_so_far_are_complete_after_a_kill(tiny_build, tmp_path, to
     lines = _lines(text)
     assert [ln["path"] for ln in lines] == list(map(str, images[:4]))
     assert all(ln["label"] in ("left", "right") for ln in lines)
+
+
+def test_every_device_command_warns_about_a_bundle_that_failed_its_gates(bundle_copy, tiny_build):
+    folder = bundle_copy()
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["gates"] = {"passed": False, "failed": ["min_agreement: 0.9 vs limit 0.98"]}
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    image = min(tiny_build["images"].rglob("*.png"))
+    for args in (("predict", folder, image), ("check", folder, tiny_build["images"]), ("bench", folder, "--runs", "5")):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert "failed its build gates: min_agreement: 0.9 vs limit 0.98" in result.stderr, args
