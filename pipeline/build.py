@@ -1,7 +1,11 @@
 """Runs stages in order: data -> finetune -> export -> quantize -> verify -> report -> bundle.
 
 Each stage reads what earlier stages recorded in the manifest (checked by hash) and records its
-own outputs, so any stage can also run alone once its inputs exist.
+own outputs, so any stage can also run alone once its inputs exist. `edgepipe build` is
+incremental: a stage whose input key (pipeline/keys.py) matches its last complete run, and whose
+outputs still hash as recorded, is skipped; images are decoded only when a stage has to run.
+A stage is marked running before it writes and complete after it returns, so a build killed at
+any point resumes at the first stage that did not complete.
 """
 
 from __future__ import annotations
@@ -12,52 +16,115 @@ from pathlib import Path
 
 from pipeline.config import BuildConfig
 from pipeline.console import console
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, sweep_stale_temps
 
 STAGES = ("finetune", "export", "quantize", "verify", "report", "bundle")
 
 
-def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = None) -> int:
-    """Run `stages` (a subsequence of STAGES); returns the exit code (0, or 3 when a gate fails)."""
-    from pipeline.backbones import preprocess_spec
-    from pipeline.data import prepare
-    from pipeline.export import run_export
-    from pipeline.finetune import run_finetune
-    from pipeline.quantize import recorded_artifacts, run_quantize
-    from pipeline.report import run_report
-    from pipeline.verify import run_verify
+class _Dataset:
+    """The dataset, at most once per build and only when asked for: its fingerprint (file bytes,
+    no decoding) for the keys, the decoded images for a stage that runs."""
+
+    def __init__(self, cfg: BuildConfig, manifest: Manifest):
+        from pipeline.backbones import preprocess_spec
+
+        self.cfg, self.manifest = cfg, manifest
+        self.spec = preprocess_spec(cfg.model.backbone, cfg.model.image_size)
+        self._fingerprint = self._data = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from pipeline.data import fingerprint
+
+            self._fingerprint = fingerprint(self.cfg.dataset, self.spec, self.cfg.seed)
+        return self._fingerprint
+
+    def data(self):
+        if self._data is None:
+            from pipeline.data import prepare
+
+            data = prepare(self.cfg.dataset, self.spec, self.cfg.seed)
+            self.manifest.record_dataset(data.summary())
+            console.print(f"dataset {self.cfg.dataset.source}: {len(data.labels)} images, classes "
+                          f"{', '.join(data.classes)}, split {data.split.sizes()}")
+            self._data = data
+        return self._data
+
+
+def _run_stage(stage: str, cfg: BuildConfig, ds: _Dataset, manifest: Manifest, state: dict, junit: Path | None) -> int:
+    """Run one stage; returns its exit code (only the report's can be non-zero)."""
+    if stage == "finetune":
+        from pipeline.finetune import run_finetune
+
+        run_finetune(cfg, ds.data(), manifest)
+    elif stage == "export":
+        from pipeline.export import run_export
+
+        run_export(cfg, ds.data(), manifest)
+    elif stage == "quantize":
+        from pipeline.quantize import run_quantize
+
+        state["artifacts"] = run_quantize(cfg, ds.data(), manifest)
+    elif stage == "verify":
+        from pipeline.quantize import recorded_artifacts
+        from pipeline.verify import run_verify
+
+        artifacts = state.get("artifacts") or recorded_artifacts(manifest)
+        state["results"] = run_verify(cfg, ds.data(), manifest, artifacts)
+    elif stage == "report":
+        from pipeline.report import run_report
+
+        results = state.get("results") or json.loads(manifest.output("verify", "results").read_text())
+        return run_report(cfg, results, manifest, junit)
+    elif stage == "bundle":
+        from pipeline.bundle import run_bundle
+
+        run_bundle(cfg, manifest)
+    return 0
+
+
+def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = None, *,
+               incremental: bool = False, force_from: str | None = None) -> int:
+    """Run `stages` (a subsequence of STAGES); returns the exit code (0, or 3 when a gate fails).
+
+    incremental: skip each stage that is up to date (`edgepipe build`); otherwise every listed stage
+    runs (the single-stage commands). force_from: that stage and every later one run regardless."""
+    from pipeline.keys import stage_inputs, stage_key
+    from pipeline.report import replay_report
 
     t0 = time.perf_counter()
     manifest = Manifest.open(cfg)
-    data = None
-    if set(stages) - {"report", "bundle"}:
-        data = prepare(cfg.dataset, preprocess_spec(cfg.model.backbone, cfg.model.image_size), cfg.seed)
-        manifest.record_dataset(data.summary())
-        console.print(f"dataset {cfg.dataset.source}: {len(data.labels)} images, classes {', '.join(data.classes)}, "
-                      f"split {data.split.sizes()}")
-    artifacts = results = None
-    code = 0
+    if removed := sweep_stale_temps(cfg.output_dir):
+        console.print(f"removed {len(removed)} temp file(s) left by a killed build, e.g. {removed[0].name}")
+    ds = _Dataset(cfg, manifest)
+    forced = set(stages[stages.index(force_from):]) if force_from in stages else set()
+    state: dict = {}
+    code, ran, current = 0, [], []
     for stage in stages:
-        started = time.perf_counter()
+        inputs = stage_inputs(stage, cfg, manifest, STAGES, ds.fingerprint)
+        key = stage_key(inputs)
+        if stage in forced:
+            why = f"forced from {force_from}"
+        else:
+            why = manifest.stale_reason(stage, key, inputs) if incremental else "requested"
+        if why is None:
+            console.print(f"{stage}: up to date (key {key[:12]}…)")
+            current.append(stage)
+            if stage == "report":  # the exit code, table and JUnit come from the stored report
+                code = replay_report(manifest, junit)
+            continue
         console.rule(f"[bold]{stage}")
-        if stage == "finetune":
-            run_finetune(cfg, data, manifest)
-        elif stage == "export":
-            run_export(cfg, data, manifest)
-        elif stage == "quantize":
-            artifacts = run_quantize(cfg, data, manifest)
-        elif stage == "verify":
-            results = run_verify(cfg, data, manifest, artifacts if artifacts is not None else recorded_artifacts(manifest))
-        elif stage == "report":
-            if results is None:
-                results = json.loads(manifest.output("verify", "results").read_text())
-            code = run_report(cfg, results, manifest, junit)
-        elif stage == "bundle":
-            from pipeline.bundle import run_bundle
-
-            run_bundle(cfg, manifest)
+        console.print(f"{stage}: running ({why}; key {key[:12]}…)")
+        started = time.perf_counter()
+        manifest.begin_stage(stage, key)
+        rc = _run_stage(stage, cfg, ds, manifest, state, junit)
+        code = rc if stage == "report" else code
         manifest.data.setdefault("stage_wall_s", {})[stage] = round(time.perf_counter() - started, 1)
-    manifest.data["wall_s"] = round(time.perf_counter() - t0, 1)
+        manifest.complete_stage(stage, key, inputs)
+        ran.append(stage)
+    wall = round(time.perf_counter() - t0, 1)
+    manifest.data["last_run"] = {"ran": ran, "up_to_date": current, "wall_s": wall}
+    manifest.data["wall_s"] = wall
     manifest.save()
-    console.print(f"done in {time.perf_counter() - t0:.0f} s; manifest: {manifest.path}")
+    console.print(f"done in {wall:.0f} s (ran: {', '.join(ran) or 'nothing'}); manifest: {manifest.path}")
     return code

@@ -65,12 +65,12 @@ def _require_build_tools() -> None:
                             "pip install 'edgepipe[build]'")
 
 
-def _run(config: str, stages: tuple[str, ...], junit: Path | None = None) -> None:
+def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **options) -> None:
     _require_build_tools()
     from pipeline.build import run_stages
     from pipeline.config import load_config
 
-    code = run_stages(load_config(config), stages, junit)
+    code = run_stages(load_config(config), stages, junit, **options)
     if code:
         sys.exit(code)
 
@@ -78,10 +78,19 @@ def _run(config: str, stages: tuple[str, ...], junit: Path | None = None) -> Non
 @cli.command()
 @CONFIG
 @JUNIT
+@click.option("--force", "force_from", metavar="STAGE",
+              help="rerun STAGE and every stage after it even if up to date (finetune: the whole build)")
 @_guard
-def build(config: str, junit: Path | None) -> None:
-    """Run every stage of CONFIG; exit 3 if a gate fails."""
-    _run(config, ("finetune", "export", "quantize", "verify", "report", "bundle"), junit)
+def build(config: str, junit: Path | None, force_from: str | None) -> None:
+    """Run every stage of CONFIG that is not up to date; exit 3 if a gate fails.
+
+    A stage is up to date when its inputs (config sections, upstream artifacts, dataset files,
+    tool versions) are those of its last complete run and its outputs are intact."""
+    from pipeline.build import STAGES
+
+    if force_from is not None and force_from not in STAGES:
+        raise EdgepipeError(f"--force {force_from}: no such stage", f"choose one of: {', '.join(STAGES)}")
+    _run(config, STAGES, junit, incremental=True, force_from=force_from)
 
 
 @cli.command()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,11 +169,33 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 # --- loading ---------------------------------------------------------------------------------
 
-def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData:
+def select_files(cfg: DatasetConfig, seed: int) -> tuple[Catalog, list[LabelledFile]]:
+    """The catalog and the files a build uses (the stratified `limit` subset, when set)."""
     cat = catalog(cfg)
     files = list(cat.files)
     if cfg.limit is not None and cfg.limit < len(files):
         files = [files[i] for i in stratified_subset(np.array([f.label for f in files]), cfg.limit, seed)]
+    return cat, files
+
+
+def fingerprint(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> str:
+    """Everything prepare() output depends on, hashed from file bytes without decoding an image:
+    the input key of every stage that reads the data (ELPV: 0.6 s against 8 s to decode)."""
+    cat, files = select_files(cfg, seed)
+    settings = {"dataset": cfg.model_dump(mode="json", exclude={"root", "csv"}), "seed": seed,
+                "preprocess": spec.to_dict(), "classes": cat.classes}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for f in files:
+        digest.update(f"{os.path.relpath(f.path, cat.root)}\0{cat.classes[f.label]}\0".encode())
+        try:
+            digest.update(hashlib.sha256(f.path.read_bytes()).digest())
+        except OSError as e:  # unreadable: prepare() decides what that means; the key still differs
+            digest.update(f"unreadable: {type(e).__name__}".encode())
+    return digest.hexdigest()
+
+
+def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData:
+    cat, files = select_files(cfg, seed)
 
     images, kept, skipped, sizes = [], [], [], Counter()
     digest = hashlib.sha256()
@@ -197,7 +221,7 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
                                 "make them one size, or set dataset.mixed_sizes: resize to resize each to the input")
             images.append(spec.to_rgb8(image))
             kept.append(f)
-            digest.update(f"{f.path.relative_to(cat.root)}\0{cat.classes[f.label]}\0".encode())
+            digest.update(f"{os.path.relpath(f.path, cat.root)}\0{cat.classes[f.label]}\0".encode())
             digest.update(hashlib.sha256(data).digest())
     if skipped:
         from pipeline.console import console

@@ -1,7 +1,10 @@
-"""The build manifest: what was built from what, with hashes, so a build can be audited.
+"""The build manifest: what was built from what, with hashes, so a build can be audited and
+resumed.
 
 Every file goes through `atomic_output` (temp path + rename), so a killed build never leaves a
-partial file under its final name.
+partial file under its final name. Each stage entry moves running -> recorded -> complete; only a
+complete entry whose input key matches and whose outputs still hash the same is up to date
+(`stale_reason`), so a stage killed half-way is simply run again.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -22,27 +27,79 @@ TOOLS = ("edgepipe", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onn
          "openvino", "nncf", "tensorrt")
 
 
-def tool_versions() -> dict[str, str]:
+@cache
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def tool_versions(names=TOOLS) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in TOOLS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    versions.update({n: v for n in names if (v := package_version(n)) is not None})
     return versions
+
+
+TMP_MARK = ".tmp-"  # temp names: .<name>.tmp-<pid>
+
+
+def _fsync(path: Path) -> None:
+    """Flush a finished temp file (or folder) to disk before it is renamed into place."""
+    if path.is_dir():
+        for child in path.iterdir():
+            _fsync(child)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_output(path: Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
+
+    The temp name carries the pid, so `sweep_stale_temps` can tell a dead build's leftovers
+    from a live one's."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
             tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():  # our own leftovers cannot be in use: this build has not written yet
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_stale_temps(root: Path) -> list[Path]:
+    """Delete temp files / folders that builds killed mid-write left under root; returns them."""
+    removed = []
+    for p in sorted(root.rglob(f".*{TMP_MARK}*")) if root.is_dir() else []:
+        pid = p.name.rsplit(TMP_MARK, 1)[1]
+        if not pid.isdigit() or _pid_alive(int(pid)) or not os.path.lexists(p):
+            continue  # not ours, a live build's, or inside a folder removed just before
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        removed.append(p)
+    return removed
 
 
 def write_json(path: Path, data) -> Path:
@@ -57,6 +114,18 @@ class Manifest:
     def __init__(self, out_dir: Path, data: dict):
         self.out_dir = out_dir
         self.data = data
+        self._hashes: dict[tuple, str] = {}
+
+    def sha256(self, path: Path) -> str | None:
+        """sha256 of a file, None if absent; cached per (path, size, mtime) for this build."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)  # atomic_output's rename: a new inode
+        if key not in self._hashes:
+            self._hashes[key] = sha256_file(path)
+        return self._hashes[key]
 
     @property
     def path(self) -> Path:
@@ -75,14 +144,54 @@ class Manifest:
         self.data["dataset"] = summary
         self.save()
 
+    def begin_stage(self, stage: str, key: str) -> None:
+        """Mark the stage running before it touches its outputs: if the build dies now, the next
+        run sees an interrupted stage, never the previous run's entry over half-replaced files."""
+        self.data["stages"][stage] = {"status": "running", "key": key, "started": _now()}
+        self.save()
+
     def record_stage(self, stage: str, outputs: dict[str, Path], metrics: dict, **extra) -> None:
+        """Called by a stage with what it wrote. `recorded` is not yet `complete`: the build marks
+        the stage complete (with its input key) only once the stage function has returned."""
         self.data["stages"][stage] = {
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "outputs": {k: {"path": str(p.relative_to(self.out_dir)), "sha256": sha256_file(p)} for k, p in outputs.items()},
+            "status": "recorded",
+            "finished": _now(),
+            "outputs": {k: {"path": str(p.relative_to(self.out_dir)), "sha256": self.sha256(p)} for k, p in outputs.items()},
             "metrics": metrics,
             **extra,
         }
         self.save()
+
+    def complete_stage(self, stage: str, key: str, inputs: dict[str, str]) -> None:
+        entry = self.data["stages"][stage]
+        if entry.get("status") == "running":  # it returned without recording: it wrote nothing
+            entry.update(finished=_now(), outputs={}, metrics={})
+        entry.update(status="complete", key=key, inputs=inputs)
+        self.save()
+
+    def stale_reason(self, stage: str, key: str, inputs: dict[str, str]) -> str | None:
+        """None when the stage is up to date for `key`; otherwise why it must run."""
+        entry = self.data["stages"].get(stage)
+        if entry is None:
+            return "not built yet"
+        status = entry.get("status")
+        if status == "running":
+            return "the last run was interrupted in this stage"
+        if status == "recorded":
+            return "the last run did not complete this stage"
+        if status != "complete" or "key" not in entry:
+            return "built by an edgepipe without input keys"
+        if entry["key"] != key:
+            old = entry.get("inputs", {})
+            changed = [k for k in sorted(set(inputs) | set(old)) if inputs.get(k) != old.get(k)]
+            return "inputs changed: " + (", ".join(changed) or "key format")
+        for out in entry["outputs"].values():
+            if self.sha256(self.out_dir / out["path"]) != out["sha256"]:
+                return f"output {out['path']} is missing or changed"
+        for b in entry.get("bundles", []):  # the bundle stage writes outside the output dir
+            if not Path(b["path"]).is_dir() or ("archive" in b and self.sha256(Path(b["archive"])) != b.get("archive_sha256")):
+                return f"bundle {b['path']} is missing or changed"
+        return None
 
     def output(self, stage: str, name: str) -> Path:
         """A recorded output of an earlier stage, checked against its recorded hash."""
@@ -91,10 +200,14 @@ class Manifest:
             raise MissingArtifactError(f"no {stage} output '{name}' in {self.path}",
                                        f"run `edgepipe {stage}` (or `edgepipe build`) with this config first")
         path = self.out_dir / entry["path"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+        if self.sha256(path) != entry["sha256"]:
             raise MissingArtifactError(f"{path} is missing or changed since the {stage} stage wrote it",
                                        f"rerun `edgepipe {stage}` with this config")
         return path
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

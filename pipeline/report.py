@@ -16,6 +16,7 @@ report.json, schema "edgepipe-report/1":
 from __future__ import annotations
 
 import datetime as dt
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -157,9 +158,24 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
         if junit.is_relative_to(out):  # the manifest lists files inside the output dir only
             outputs["junit"] = junit
     manifest.record_stage("report", outputs, {"passed": passed, "failed_gates": [g for g in gates if g["status"] == "failed"]})
+    _announce(report)
+    return report["exit_code"]
+
+
+def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
+    """The report stage is up to date: show the stored report again, write JUnit if asked, and
+    return its exit code, so an incremental build exits as the full one did."""
+    report = json.loads(manifest.output("report", "report_json").read_text())
+    if junit is not None:
+        write_junit(junit.resolve(), report)
+    _announce(report)
+    return report["exit_code"]
+
+
+def _announce(report: dict) -> None:
     print_table(report)
-    for g in gates:
+    for g in report["gates"]:
         if g["status"] == "failed":
             console.print(f"[bold red]gate failed: {g['artifact']}: {g['reason']}")
-    console.print("[bold green]all gates passed" if passed else f"[bold red]build failed its gates (exit {EXIT_GATE_FAILED})")
-    return report["exit_code"]
+    console.print("[bold green]all gates passed" if report["passed"]
+                  else f"[bold red]build failed its gates (exit {EXIT_GATE_FAILED})")

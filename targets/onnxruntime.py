@@ -7,6 +7,7 @@ The quantization preset is Optimum-style: `OrtQuantPreset.cpu()` for ORT's own C
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -62,7 +63,12 @@ class OrtQuantPreset:
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[self.calibration_method]
+        cache = self._ranges_cache(onnx_in, calib)
+        if cache.is_file() and not _readable_json(cache):
+            cache.unlink()  # e.g. written by an older edgepipe that was killed mid-write
         with tempfile.TemporaryDirectory() as tmp:
+            # ORT writes a new cache in place, not atomically: let it write in tmp, then rename it in.
+            cache_arg = cache if cache.is_file() else Path(tmp) / "ranges.json"
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(onnx_in), str(prepared), skip_symbolic_shape=True)
             input_name = _input_name(prepared)
@@ -79,8 +85,19 @@ class OrtQuantPreset:
                                    "AddQDQPairToWeight": self.qdq_on_weights,
                                    "DedicatedQDQPair": self.dedicated_qdq_pair,
                                    "QuantizeBias": self.quantize_bias},
-                    calibration_cache_path=str(self._ranges_cache(onnx_in, calib)),
+                    calibration_cache_path=str(cache_arg),
                 )
+            if cache_arg != cache and cache_arg.is_file():
+                with atomic_output(cache) as tmp_cache:
+                    shutil.copyfile(cache_arg, tmp_cache)
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _input_name(path: Path) -> str:

@@ -7,14 +7,16 @@ fp16 / int8 rows let the device choose and the report records what it chose.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from calibration.set import CalibrationSet
-from pipeline.manifest import atomic_output
+from pipeline.manifest import TMP_MARK, atomic_output
 from targets.base import Artifact, BackendUnavailable, Runner, Target
 
 
@@ -53,8 +55,9 @@ def _save_ir(ov_model, xml: Path, compress_to_fp16: bool) -> list[Path]:
     import openvino as ov
 
     bin_ = xml.with_suffix(".bin")
-    tmp_dir = xml.parent / f".tmp-{xml.stem}"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = xml.parent / f".{xml.stem}-ir{TMP_MARK}{os.getpid()}"  # a dead build's is swept by the next
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
     ov.save_model(ov_model, str(tmp_dir / xml.name), compress_to_fp16=compress_to_fp16)
     # .bin first: an .xml present means its weights are complete
     for src, dst in ((tmp_dir / bin_.name, bin_), (tmp_dir / xml.name, xml)):

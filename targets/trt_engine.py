@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def network_flags(trt) -> int:
     if major_version(trt) < 10:
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     return 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file + rename: a killed build never leaves a partial plan or cache under its name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def npz_batches(path: Path, batch_size: int):
@@ -93,7 +109,7 @@ def make_entropy_calibrator(batches, batch_size: int, sample_shape: tuple[int, .
             return Path(cache_path).read_bytes() if Path(cache_path).is_file() else None
 
         def write_calibration_cache(self, cache) -> None:
-            Path(cache_path).write_bytes(bytes(cache))
+            _write_atomic(Path(cache_path), bytes(cache))
 
         def __del__(self):
             cudart.cudaFree(self.device_ptr)
@@ -146,9 +162,9 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str, *, max_batch:
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError("TensorRT failed to build the engine; the log above says why")
-    Path(plan_path).write_bytes(bytes(plan))
+    _write_atomic(Path(plan_path), bytes(plan))
     if cache is not None:
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
     return Path(plan_path)
 
 

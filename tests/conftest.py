@@ -25,6 +25,44 @@ def write_image(path: Path, size=(48, 48), mode="L", seed=0) -> Path:
     return path
 
 
+def write_stripes(root: Path, per_class: int = 30, size: int = 64) -> Path:
+    """Horizontal vs vertical stripes of random phase and width: ImageNet features separate these."""
+    rng = np.random.default_rng(0)
+    for cls in ("horizontal", "vertical"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            period, phase = rng.integers(6, 12), rng.integers(0, 12)
+            wave = ((np.arange(size) + phase) // (period // 2)) % 2 * 180 + 30
+            img = np.tile(wave[:, None] if cls == "horizontal" else wave[None, :], (1, size) if cls == "horizontal" else (size, 1))
+            img = np.clip(img + rng.normal(0, 12, (size, size)), 0, 255).astype(np.uint8)
+            Image.fromarray(img, "L").save(root / cls / f"{i}.png")
+    return root
+
+
+# A whole build in seconds: lite0 at 32 px, head-only training, ONNX Runtime fp32 + int8, lenient gates.
+TINY_BUILD = {
+    "name": "tiny", "output_dir": "out",
+    "dataset": {"source": "imagefolder", "root": "data", "split": {"val": 0.25, "test": 0.25}},
+    "model": {"image_size": 32},
+    "finetune": {"warmup_epochs": 3, "epochs": 0},
+    "export": {"parity": {"images": 4}},
+    "calibration": {"size": 8},
+    "fallback": {"enabled": False},
+    "targets": [{"name": "onnxruntime"}],
+    "verify": {"runs": 5, "warmup": 1, "throughput_batch": 4},
+    "gates": {"max_accuracy_drop": 1.0, "min_agreement": 0.0},
+}
+
+
+def write_tiny_project(root: Path, **changes) -> Path:
+    """root/data (24 stripe images, 32 px) and root/build.yaml (TINY_BUILD with changes); returns the config."""
+    if not (root / "data").exists():
+        write_stripes(root / "data", per_class=12, size=32)
+    cfg = root / "build.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_BUILD, **changes}))
+    return cfg
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """root/<class>/*.png with two classes of 6 images each."""

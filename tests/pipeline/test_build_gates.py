@@ -4,33 +4,19 @@ deliberately broken int8 artifact fails them (exit 3) while the other rows are s
 import json
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from PIL import Image
 
 from pipeline.cli import cli
 from targets.onnxruntime import OrtQuantPreset
-
-
-def make_dataset(root):
-    """Horizontal vs vertical stripes of random phase and width: ImageNet features separate these."""
-    rng = np.random.default_rng(0)
-    for cls in ("horizontal", "vertical"):
-        (root / cls).mkdir(parents=True)
-        for i in range(30):
-            period, phase = rng.integers(6, 12), rng.integers(0, 12)
-            wave = ((np.arange(64) + phase) // (period // 2)) % 2 * 180 + 30
-            img = np.tile(wave[:, None] if cls == "horizontal" else wave[None, :], (1, 64) if cls == "horizontal" else (64, 1))
-            img = np.clip(img + rng.normal(0, 12, (64, 64)), 0, 255).astype(np.uint8)
-            Image.fromarray(img, "L").save(root / cls / f"{i}.png")
+from tests.conftest import write_stripes
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("gates")
-    make_dataset(root / "data")
+    write_stripes(root / "data")
     cfg = {"name": "blobs", "output_dir": "out",
            "dataset": {"source": "imagefolder", "root": "data", "split": {"val": 0.2, "test": 0.3}},
            "model": {"image_size": 64},
@@ -108,7 +94,8 @@ def test_a_target_that_fails_to_build_fails_loudly_and_the_others_are_reported(p
 
     monkeypatch.setattr(TensorRtTarget, "build", explode)
     runner = CliRunner()
-    result = runner.invoke(cli, ["build", str(project / "build.yaml")])
+    # A code change is not a build input: the stage must be forced to see the patched builder.
+    result = runner.invoke(cli, ["build", str(project / "build.yaml"), "--force", "quantize"])
     assert result.exit_code == 3, result.output
     assert "tensorrt int8 failed to build: RuntimeError: simulated builder crash" in result.stderr
     report = json.loads((project / "out" / "report.json").read_text())

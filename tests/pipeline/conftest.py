@@ -1,0 +1,53 @@
+"""A tiny build killed with SIGKILL at four stages and resumed: the evidence for test_resume.py,
+and, once resumed, the finished build test_incremental.py starts from (one build for both:
+an export alone costs ~15 s)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.backbones import sha256_file
+from pipeline.cli import cli
+from tests.conftest import write_tiny_project
+
+REPO = Path(__file__).parents[2]
+# (stage the build dies in, where): see tests/pipeline/sigkill_build.py
+KILLS = [
+    ("finetune", "finetune/model.pt"),  # the checkpoint is written to its temp name, never renamed
+    ("export", "manifest:export:running"),  # killed while tracing the model: nothing written yet
+    ("quantize", "targets/onnxruntime-int8/model.onnx"),  # the fp32 artifact is done, int8 is not
+    ("verify", "manifest:verify:recorded"),  # results.json written and recorded, `complete` never saved
+]
+
+
+def snapshot(out: Path) -> dict:
+    """The manifest, whether each complete stage's outputs still hash as recorded, and every file."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    intact = {stage: all((out / o["path"]).is_file() and sha256_file(out / o["path"]) == o["sha256"]
+                         for o in entry.get("outputs", {}).values())
+              for stage, entry in manifest["stages"].items() if entry.get("status") == "complete"}
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return {"manifest": manifest, "intact": intact, "files": files}
+
+
+@pytest.fixture(scope="session")
+def resumed_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    config = write_tiny_project(root)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = []
+    for stage, where in KILLS:
+        proc = subprocess.run([sys.executable, "-m", "tests.pipeline.sigkill_build", str(config), where],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+        runs.append({"stage": stage, "where": where, "returncode": proc.returncode, "stderr": proc.stderr,
+                     **snapshot(root / "out")})
+        if proc.returncode != -signal.SIGKILL:
+            break  # test_resume reports it; the runs after it would only repeat the failure
+    final = CliRunner().invoke(cli, ["build", str(config)])
+    return {"root": root, "config": config, "runs": runs, "final": final, **snapshot(root / "out")}

@@ -1,0 +1,80 @@
+"""Which change reruns which stage: the input-key partition, checked stage by stage."""
+
+import pytest
+
+import pipeline.manifest
+from pipeline.config import BuildConfig
+from pipeline.keys import stage_inputs, stage_key
+from pipeline.manifest import Manifest
+
+CORE = ("finetune", "export", "quantize", "verify", "report")
+BASE = {"name": "k", "targets": [{"name": "onnxruntime"}, {"name": "openvino"}]}
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """A manifest in which every stage recorded one small file: enough to compute every key."""
+    manifest = Manifest.open(BuildConfig(name="k", output_dir=tmp_path / "out"))
+    for stage, name in (("finetune", "checkpoint"), ("export", "onnx"), ("quantize", "calibration"),
+                        ("verify", "results"), ("report", "report_json")):
+        path = tmp_path / "out" / stage / name
+        path.parent.mkdir(parents=True)
+        path.write_text(f"{stage} output")
+        manifest.record_stage(stage, {name: path}, {})
+    return manifest
+
+
+def keys(manifest, config=BASE, dataset="d" * 64) -> dict:
+    cfg = BuildConfig.model_validate({**config, "output_dir": str(manifest.out_dir)})
+    return {s: stage_key(stage_inputs(s, cfg, manifest, CORE, lambda: dataset)) for s in CORE}
+
+
+def rerun(manifest, **changes) -> set[str]:
+    before, after = keys(manifest), keys(manifest, {**BASE, **changes})
+    return {s for s in CORE if before[s] != after[s]}
+
+
+@pytest.mark.parametrize("changes, stages", [
+    ({"gates": {"min_agreement": 0.5}}, {"report"}),
+    ({"targets": [{"name": "onnxruntime", "gates": {"min_agreement": 0.5}}, {"name": "openvino"}]}, {"report"}),
+    ({"calibration": {"size": 100}}, {"quantize", "report"}),
+    ({"fallback": {"max_float_layers": 2}}, {"quantize", "report"}),
+    ({"targets": [{"name": "onnxruntime", "calibration_method": "entropy"}, {"name": "openvino"}]}, {"quantize", "report"}),
+    ({"verify": {"runs": 50}}, {"verify", "report"}),
+    ({"verify": {"threads": 1}}, {"quantize", "verify", "report"}),  # the fallback times candidates with them
+    ({"export": {"opset": 17}}, {"export", "report"}),
+    ({"finetune": {"epochs": 1}}, {"finetune", "report"}),
+    ({"model": {"image_size": 160}}, {"finetune", "export", "report"}),
+    ({"seed": 3}, {"finetune", "quantize", "report"}),
+    ({"name": "other"}, {"report"}),
+])
+def test_a_config_change_reruns_the_stages_that_read_it(recorded, changes, stages):
+    assert rerun(recorded, **changes) == stages
+
+
+def test_new_dataset_files_rerun_every_stage_that_reads_images(recorded):
+    before, after = keys(recorded), keys(recorded, dataset="e" * 64)
+    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "export", "quantize", "verify"}
+
+
+def test_a_new_upstream_output_reruns_its_readers_only(recorded):
+    before = keys(recorded)
+    ckpt = recorded.out_dir / "finetune" / "checkpoint"
+    ckpt.write_text("retrained")
+    recorded.record_stage("finetune", {"checkpoint": ckpt}, {})
+    after = keys(recorded)
+    assert {s for s in CORE if before[s] != after[s]} == {"export", "verify"}  # quantize reads the ONNX, not this
+
+
+@pytest.mark.parametrize("package, stages", [
+    ("openvino", {"quantize", "verify"}),
+    ("onnxslim", {"export"}),
+    ("timm", {"finetune", "verify"}),
+])
+def test_a_tool_upgrade_reruns_the_stages_that_use_it(recorded, monkeypatch, package, stages):
+    before = keys(recorded)
+    real = pipeline.manifest.package_version
+    monkeypatch.setattr(pipeline.manifest, "package_version", lambda n: "99.0" if n == package else real(n))
+    after = keys(recorded)
+    assert {s for s in CORE if before[s] != after[s]} == stages
+
