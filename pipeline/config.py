@@ -43,6 +43,8 @@ class DatasetConfig(_Section):
     on_bad_image: Literal["fail", "skip"] = "fail"
     mixed_sizes: Literal["error", "resize"] = Field(
         "error", description="images of differing sizes: stop, or resize each to the model input")
+    allow_outside_root: bool = Field(
+        False, description="accept csv paths and links that resolve outside the dataset root (trusted data only)")
 
     @model_validator(mode="after")
     def _source_needs(self):

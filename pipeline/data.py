@@ -10,11 +10,13 @@ import csv
 import hashlib
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from pipeline.config import DatasetConfig, SplitConfig
 from pipeline.console import progress
@@ -35,6 +37,7 @@ class Catalog:
     classes: tuple[str, ...]
     files: tuple[LabelledFile, ...]
     root: Path
+    duplicate_rows: tuple[str, ...] = ()  # csv: "file:line" of rows that repeat an earlier row
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,15 @@ def _elpv_catalog(cfg: DatasetConfig) -> Catalog:
     return Catalog(ELPV_CLASSES, tuple(files), root)
 
 
+def _inside_root(p: Path, root: Path, cfg: DatasetConfig, where: str) -> Path:
+    """p resolved (links followed); refused when it leaves the root, unless the config allows it."""
+    resolved = p.resolve()
+    if not cfg.allow_outside_root and not resolved.is_relative_to(root.resolve()):
+        raise DataError(f"{where} resolves to {resolved}, outside the dataset root {root}",
+                        "keep images under the dataset root, or set dataset.allow_outside_root: true if you trust it")
+    return resolved
+
+
 def _imagefolder_catalog(cfg: DatasetConfig) -> Catalog:
     root = cfg.root
     if not root.is_dir():
@@ -100,6 +112,8 @@ def _imagefolder_catalog(cfg: DatasetConfig) -> Catalog:
         if not images:
             raise DataError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                             "add images to it or remove the folder")
+        for p in images:
+            _inside_root(p, root, cfg, str(p))  # a link in a class folder may point anywhere
         files += [LabelledFile(p, len(classes)) for p in images]
         classes.append(d.name)
     if not classes:
@@ -118,19 +132,32 @@ def _csv_catalog(cfg: DatasetConfig) -> Catalog:
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise DataError(f"{path} must have a header with `path` and `label` columns",
                             "add the header line `path,label`")
-        rows = [(r["path"], r["label"]) for r in reader]
-    classes = tuple(sorted({label for _, label in rows}))
-    files = []
-    for line_no, (rel, label) in enumerate(rows, start=2):
-        p = (root / rel).resolve()
-        if not p.is_relative_to(root):
-            raise DataError(f"{path}:{line_no}: {rel} points outside the dataset root {root}",
-                            "keep images under dataset.root (or the csv's folder)")
+        rows = []
+        for r in reader:
+            rel, label = (r.get("path") or "").strip(), (r.get("label") or "").strip()
+            if not rel or not label:
+                raise DataError(f"{path}:{reader.line_num}: the row has no path or no label",
+                                "fill in both columns or remove the row")
+            rows.append((reader.line_num, rel, label))
+    # One row per image: a repeated row is dropped (it would land in two splits); the same
+    # image under two labels is an error, as there is no telling which one is right.
+    first: dict[Path, tuple[int, str]] = {}
+    duplicates = []
+    for line_no, rel, label in rows:
+        p = _inside_root(root / rel, root, cfg, f"{path}:{line_no}: {rel}")
         if not p.is_file():
             raise DataError(f"{path}:{line_no}: image {rel} does not exist under {root}",
                             "fix the path or remove the row")
-        files.append(LabelledFile(p, classes.index(label)))
-    return Catalog(classes, tuple(files), root)
+        if p in first:
+            if first[p][1] != label:
+                raise DataError(f"{path}:{line_no}: {rel} is labelled '{label}' here and '{first[p][1]}' "
+                                f"on line {first[p][0]}", "keep one row per image, with its correct label")
+            duplicates.append(f"{path.name}:{line_no}")
+            continue
+        first[p] = (line_no, label)
+    classes = tuple(sorted({label for _, label in first.values()}))
+    files = [LabelledFile(p, classes.index(label)) for p, (_, label) in first.items()]
+    return Catalog(classes, tuple(files), root, tuple(duplicates))
 
 
 def catalog(cfg: DatasetConfig) -> Catalog:
@@ -194,8 +221,20 @@ def fingerprint(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> str:
     return digest.hexdigest()
 
 
+def _why_unreadable(e: Exception, data: bytes | None) -> str:
+    if data == b"":
+        return "the file is empty"
+    if isinstance(e, UnidentifiedImageError):  # PIL's own text names a BytesIO object, not the file
+        return "not an image in any format PIL reads"
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
 def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData:
     cat, files = select_files(cfg, seed)
+    if cat.duplicate_rows:
+        from pipeline.console import console
+        console.print(f"[yellow]ignored {len(cat.duplicate_rows)} duplicate csv row(s) (same image, same label); "
+                      f"first: {cat.duplicate_rows[0]}")
 
     images, kept, skipped, sizes = [], [], [], Counter()
     digest = hashlib.sha256()
@@ -203,11 +242,15 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
         task = bar.add_task("load images", total=len(files), status="")
         for f in files:
             bar.advance(task)
+            data = None
             try:
                 data = f.path.read_bytes()
-                image = decode_image(data)
-            except DECODE_ERRORS as e:
-                reason = f"{type(e).__name__}: {e}".splitlines()[0]
+                with warnings.catch_warnings():
+                    # Between 1x and 2x its pixel limit PIL only warns, then decodes gigabytes.
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    image = decode_image(data)
+            except (*DECODE_ERRORS, Image.DecompressionBombWarning) as e:
+                reason = _why_unreadable(e, data)
                 if cfg.on_bad_image == "fail":
                     raise DataError(f"cannot read image {f.path} ({reason})",
                                     "remove or replace the file, or set dataset.on_bad_image: skip") from None

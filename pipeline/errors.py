@@ -20,6 +20,10 @@ class DataError(EdgepipeError):
     """The dataset cannot be used as given."""
 
 
+class InputError(EdgepipeError):
+    """A batch given to a runner is not what the model takes (shape, dtype, NaN / Inf): nothing ran."""
+
+
 class MissingArtifactError(EdgepipeError):
     """A stage needs the output of an earlier stage that is not there."""
 

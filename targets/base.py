@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.set import CalibrationSet
+from pipeline.errors import EdgepipeError, InputError, MissingArtifactError
 
 
 class BackendUnavailable(Exception):
@@ -66,17 +67,48 @@ class Runner(ABC):
 
     def activate(self) -> "Runner":
         if not self.is_active:
-            self.activate_impl()
+            try:
+                self.activate_impl()
+            except EdgepipeError:
+                raise
+            except Exception as e:  # truncated, corrupt or foreign model file; the backend says which
+                cause = f"{type(e).__name__}: {e}".splitlines()[0]
+                raise MissingArtifactError(f"runner {self.name} cannot load its model ({cause})",
+                                           "rebuild the artifact (`edgepipe build --force quantize`)") from e
             self.is_active = True
         return self
 
     def infer(self, x: np.ndarray) -> np.ndarray:
+        """Logits for one NCHW float batch. Raises InputError, with nothing run, for a batch the
+        model cannot answer for; the runner stays usable for the next batch."""
         if not self.is_active:
             raise RuntimeError(f"runner {self.name} must be activated before infer()")
+        x = self._checked(np.asarray(x))
         start = time.perf_counter()
         out = self.infer_impl(np.ascontiguousarray(x, dtype=np.float32))
         self.inference_time = time.perf_counter() - start
         return out
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        """A wrong shape would fail deep inside the backend with its own wording; integer pixels and
+        NaN / Inf would run and come back as a confident, wrong class (NaN logits argmax to 0).
+        NaN / Inf is an error, not a flagged result: the caller learns which inputs are bad."""
+        want = self.input_shape or (None, None, None, None)
+        if x.ndim != len(want) or any(w is not None and w != d for w, d in zip(want, x.shape)):
+            shape = "(" + ", ".join("N" if w is None else str(w) for w in want) + ")"
+            raise InputError(f"runner {self.name}: input shape {tuple(x.shape)} does not match the model's {shape}",
+                             f"pass float32 NCHW batches shaped {shape}: resize and normalize with the build's "
+                             "preprocess spec")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"runner {self.name}: input dtype {x.dtype}, but the model takes normalized float32",
+                             "normalize the pixels with the build's preprocess spec (PreprocessSpec.normalize)")
+        if not np.isfinite(x).all():
+            bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+            raise InputError(f"runner {self.name}: {len(bad)} of {len(x)} input(s) hold NaN or Inf "
+                             f"(batch index {', '.join(map(str, bad[:5]))}); nothing was run",
+                             "drop or repair those inputs: NaN usually comes from a broken frame or a zero std "
+                             "in preprocessing")
+        return x
 
     def time(self, x: np.ndarray, runs: int, warmup: int = 0) -> list[float]:
         """Seconds of each of `runs` infer(x) calls after `warmup` untimed ones (active runner)."""
@@ -102,6 +134,12 @@ class Runner(ABC):
     @property
     def max_batch(self) -> int | None:
         """Largest batch infer() accepts; None when the batch dimension is dynamic."""
+        return None
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        """The model's NCHW input shape once active, None for a dynamic dimension; None if unknown
+        (then infer() checks only that the input has 4 dimensions)."""
         return None
 
     def runtime_info(self) -> str | None:

@@ -134,6 +134,10 @@ class OrtRunner(Runner):
         dim = self._input.shape[0] if self.session else None
         return dim if isinstance(dim, int) else None
 
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        return tuple(d if isinstance(d, int) else None for d in self._input.shape) if self.session else None
+
 
 class OnnxRuntimeTarget(Target):
     name = "onnxruntime"

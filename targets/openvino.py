@@ -89,6 +89,12 @@ class OpenVinoRunner(Runner):
     def deactivate_impl(self) -> None:
         self.compiled = self.request = None
 
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        if self.compiled is None:
+            return None
+        return tuple(d.get_length() if d.is_static else None for d in self.compiled.input(0).get_partial_shape())
+
     def runtime_info(self) -> str | None:
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         name = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)

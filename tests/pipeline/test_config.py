@@ -29,6 +29,17 @@ def test_relative_dataset_root_is_resolved_against_the_config(write_config, tmp_
     ({"name": "x", "dataset": {"source": "csv"}}, "needs dataset.csv"),
     ({"name": "x", "dataset": {"split": {"val": 0.5, "test": 0.5}}}, "at least 20 %"),
     ({"dataset": {}}, "name: Field required"),
+    # wrong types, section by section
+    ({"name": 7}, "name: Input should be a valid string"),
+    ({"name": "x", "seed": "one"}, "seed: Input should be a valid integer"),
+    ({"name": "x", "dataset": ["imagefolder"]}, "dataset: Input should be a valid dictionary"),
+    ({"name": "x", "dataset": {"allow_outside_root": "sometimes"}}, "dataset.allow_outside_root: Input should be a valid boolean"),
+    ({"name": "x", "finetune": {"augment": {"flips": "yes please"}}}, "finetune.augment.flips: Input should be a valid boolean"),
+    ({"name": "x", "calibration": {"size": "many"}}, "calibration.size: Input should be a valid integer"),
+    ({"name": "x", "calibration": {"size": 0}}, "calibration.size: Input should be greater than or equal to 1"),
+    ({"name": "x", "targets": "onnxruntime"}, "targets: Input should be a valid list"),
+    ({"name": "x", "verify": {"runs": 2.5}}, "verify.runs: Input should be a valid integer"),
+    ({"name": "x", "gates": {"min_agreement": 1.5}}, "gates.min_agreement: Input should be less than or equal to 1"),
 ])
 def test_bad_config_gives_one_line_naming_the_key(write_config, data, fragment):
     with pytest.raises(ConfigError) as e:

@@ -1,11 +1,15 @@
+import shutil
+
 import numpy as np
 import pytest
 
+import pipeline.data
 from pipeline.config import DatasetConfig, SplitConfig
-from pipeline.data import prepare, stratified_split
+from pipeline.data import fingerprint, prepare, stratified_split
 from pipeline.errors import DataError
 from pipeline.preprocess import PreprocessSpec
 from tests.conftest import write_image
+from tests.corpus import ODD_FORMATS, UNREADABLE
 
 SPEC = PreprocessSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -65,15 +69,35 @@ def test_single_class(tmp_path):
         prepare(folder_cfg(tmp_path / "only"), SPEC, 0)
 
 
-def test_corrupt_image_fails_by_default_and_is_skipped_on_request(image_folder):
-    bad = image_folder / "dog" / "broken.png"
-    bad.write_bytes((image_folder / "dog" / "0.png").read_bytes()[:60])  # truncated PNG
-    (image_folder / "cat" / "notes.jpg").write_text("not an image")
-    with pytest.raises(DataError, match=r"cannot read image .*(broken.png|notes.jpg).*on_bad_image: skip"):
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_unreadable_file_is_named_in_one_line_or_skipped_keeping_every_valid_image(image_folder, name):
+    clean = prepare(folder_cfg(image_folder), SPEC, 0)
+    bad = image_folder / "dog" / name
+    bad.write_bytes(UNREADABLE[name]())
+    with pytest.raises(DataError) as e:
         prepare(folder_cfg(image_folder), SPEC, 0)
+    message = str(e.value)
+    assert message.startswith(f"cannot read image {bad} (") and "\n" not in message and e.value.exit_code == 2
+    assert message.endswith("(fix: remove or replace the file, or set dataset.on_bad_image: skip)")
+    assert "BytesIO" not in message
+    if name.startswith("bomb"):  # refused from the header, before gigabytes are allocated
+        assert "DecompressionBomb" in message
+    if name == "zero-bytes.png":
+        assert "(the file is empty)" in message
     data = prepare(folder_cfg(image_folder, on_bad_image="skip"), SPEC, 0)
-    assert len(data.labels) == 12
-    assert {p.rsplit("/", 1)[-1] for p, _ in data.skipped} == {"broken.png", "notes.jpg"}
+    assert [p for p, _ in data.skipped] == [str(bad)]
+    assert np.array_equal(data.images, clean.images) and data.split_sha256 == clean.split_sha256
+
+
+@pytest.mark.parametrize("name", sorted(ODD_FORMATS))
+def test_odd_pixel_formats_are_converted_to_the_rgb_they_show(image_folder, name):
+    make, rgb, tolerance = ODD_FORMATS[name]
+    path = image_folder / "cat" / name
+    path.write_bytes(make())
+    data = prepare(folder_cfg(image_folder), SPEC, 0)
+    image = data.images[[f.path for f in data.files].index(path)]
+    assert image.shape == (32, 32, 3) and len(data.labels) == 13
+    assert np.abs(image.astype(int) - rgb).max() <= tolerance, image[0, 0]
 
 
 def test_mixed_sizes_error_names_the_file_unless_resize_is_allowed(image_folder):
@@ -109,3 +133,61 @@ def test_csv_source(tmp_path, image_folder):
     (image_folder / "labels.csv").write_text("file,class\na.png,cat\n")
     with pytest.raises(DataError, match="`path` and `label` columns"):
         prepare(DatasetConfig(source="csv", csv=image_folder / "labels.csv"), SPEC, 0)
+
+
+CSV_ROWS = ["path,label"] + [f"{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(6)]
+
+
+def _csv(folder, rows, **kw):
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return DatasetConfig(source="csv", csv=folder / "labels.csv", **kw)
+
+
+def test_csv_duplicate_rows_are_dropped_so_no_image_lands_in_two_splits(image_folder, capsys):
+    data = prepare(_csv(image_folder, CSV_ROWS + ["cat/0.png,cat", "./dog/3.png,dog", "cat//1.png,cat"]), SPEC, 0)
+    assert len(data.labels) == 12 and len({f.path for f in data.files}) == 12
+    split = np.concatenate([data.split.train, data.split.val, data.split.test])
+    assert sorted(split) == list(range(12))
+    assert "ignored 3 duplicate csv row(s)" in capsys.readouterr().err
+
+
+def test_csv_image_with_two_labels_or_a_row_without_one_is_refused(image_folder):
+    with pytest.raises(DataError, match=r"labels.csv:14: cat/2.png is labelled 'dog' here and 'cat' on line 4"):
+        prepare(_csv(image_folder, CSV_ROWS + ["cat/2.png,dog"]), SPEC, 0)
+    for row in ("cat/3.png,", "cat/3.png", ",cat"):
+        with pytest.raises(DataError, match=r"labels.csv:14: the row has no path or no label"):
+            prepare(_csv(image_folder, CSV_ROWS + [row]), SPEC, 0)
+
+
+def test_paths_that_leave_the_dataset_root_need_the_explicit_flag(tmp_path, image_folder):
+    outside = write_image(tmp_path / "elsewhere" / "x.png", seed=77)
+    for row in ("../elsewhere/x.png,cat", f"{outside},cat"):
+        with pytest.raises(DataError, match=r"outside the dataset root .*allow_outside_root: true"):
+            prepare(_csv(image_folder, CSV_ROWS + [row]), SPEC, 0)
+        assert len(prepare(_csv(image_folder, CSV_ROWS + [row], allow_outside_root=True), SPEC, 0).labels) == 13
+
+    link = image_folder / "cat" / "link.png"
+    link.symlink_to(outside)  # a link inside the class folder to a file outside it
+    with pytest.raises(DataError, match=r"link.png resolves to .*elsewhere/x.png, outside the dataset root"):
+        prepare(folder_cfg(image_folder), SPEC, 0)
+    with pytest.raises(DataError, match="outside the dataset root"):
+        prepare(_csv(image_folder, CSV_ROWS + ["cat/link.png,cat"]), SPEC, 0)
+    assert len(prepare(folder_cfg(image_folder, allow_outside_root=True), SPEC, 0).labels) == 13
+
+
+def test_fingerprint_follows_the_files_not_where_they_live_and_decodes_nothing(tmp_path, image_folder, monkeypatch):
+    cfg = folder_cfg(image_folder)
+    monkeypatch.setattr(pipeline.data, "decode_image", lambda data: pytest.fail("fingerprint decoded an image"))
+    base = fingerprint(cfg, SPEC, 0)
+    assert fingerprint(cfg, SPEC, 0) == base
+    moved = shutil.copytree(image_folder, tmp_path / "moved")
+    assert fingerprint(folder_cfg(moved), SPEC, 0) == base
+    assert fingerprint(cfg, SPEC, 1) != base
+    assert fingerprint(folder_cfg(image_folder, on_bad_image="skip"), SPEC, 0) != base
+    assert fingerprint(cfg, PreprocessSpec(image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3), 0) != base
+    write_image(moved / "cat" / "0.png", seed=999)  # same name, new pixels
+    assert fingerprint(folder_cfg(moved), SPEC, 0) != base
+    shutil.rmtree(moved)
+    moved = shutil.copytree(image_folder, tmp_path / "moved")
+    (moved / "cat" / "5.png").rename(moved / "dog" / "6.png")  # relabelled
+    assert fingerprint(folder_cfg(moved), SPEC, 0) != base
