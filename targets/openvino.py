@@ -71,7 +71,7 @@ class OpenVinoRunner(Runner):
     def __init__(self, xml: Path, threads: int, name: str, precision_hint: str | None, device: str = "CPU"):
         super().__init__(name, threads)
         self.xml, self.precision_hint, self.device = xml, precision_hint, device
-        self.compiled = self.request = None
+        self.compiled = self.request = self.single = None
 
     def activate_impl(self) -> None:
         import openvino as ov
@@ -79,15 +79,24 @@ class OpenVinoRunner(Runner):
         config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if self.precision_hint:
             config["INFERENCE_PRECISION_HINT"] = self.precision_hint
-        self.compiled = ov.Core().compile_model(str(self.xml), self.device, config)
+        core = ov.Core()
+        model = core.read_model(str(self.xml))
+        self.compiled = core.compile_model(model, self.device, config)
         self.request = self.compiled.create_infer_request()
+        # Field units predict one image at a time. A static batch-1 copy of a dynamic-batch model
+        # skips shape inference on every call: openvino-int8 on ELPV, 2-core EPYC, p50 2.61 vs 2.90 ms.
+        shape = model.input(0).get_partial_shape()
+        if shape.rank.is_static and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:]):
+            model.reshape([1] + [d.get_length() for d in list(shape)[1:]])
+            self.single = core.compile_model(model, self.device, config).create_infer_request()
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: x})
-        return self.request.get_output_tensor(0).data.copy()
+        request = self.single if self.single is not None and len(x) == 1 else self.request
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
 
     def deactivate_impl(self) -> None:
-        self.compiled = self.request = None
+        self.compiled = self.request = self.single = None
 
     @property
     def input_shape(self) -> tuple[int | None, ...] | None:

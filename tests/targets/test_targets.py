@@ -58,3 +58,16 @@ def test_runner_refuses_infer_before_activate(tiny, tmp_path):
 def test_registry_names_match_target_classes():
     for name in REGISTRY:
         assert get_target(name).name == name
+
+
+def test_openvino_batch_1_runs_on_a_static_copy(tiny, tmp_path):
+    t = get_target("openvino")
+    if reason := t.unavailable_reason():
+        pytest.skip(reason)
+    [artifact] = t.build(tiny["onnx"], "fp32", None, tmp_path, SETTINGS["openvino"])
+    with t.load(artifact, threads=1) as runner:
+        assert runner.input_shape[0] is None  # the artifact keeps its dynamic batch
+        assert list(runner.single.get_compiled_model().input(0).get_shape())[0] == 1
+        batch = runner.infer(tiny["x"][:3])
+        singles = np.concatenate([runner.infer(tiny["x"][i:i + 1]) for i in range(3)])
+    assert np.allclose(singles, batch, atol=1e-4)
