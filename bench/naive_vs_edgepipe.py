@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.backbones import preprocess_spec
 from pipeline.config import load_config
 from pipeline.data import prepare
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, tool_versions
 from pipeline.metrics import latency_stats, machine_info
 from pipeline.quantize import recorded_artifacts
 from pipeline.torch_model import TorchRunner, load_checkpoint
@@ -160,8 +160,19 @@ def run(config: Path, rounds: int, runs: int) -> dict:
         r["speedup_vs_torch"] = p50["torch eager fp32"] / r["latency_ms"]["p50"]
         r["speedup_vs_naive_openvino_int8"] = p50["naive openvino-int8"] / r["latency_ms"]["p50"]
     return {"config": str(config), "test_images": len(y_te), "rounds": rounds, "runs_per_round": runs,
-            "naive_build_s": round(naive_build_s, 1), "machine": machine_info(threads),
+            "naive_build_s": round(naive_build_s, 1), "machine": machine_info(threads) | {"isa": _isa()},
+            "versions": tool_versions(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": out}
+
+
+def _isa() -> list[str]:
+    """The CPU features that decide int8 / bf16 kernel choice (x86 Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
 
 
 def markdown(result: dict) -> str:
@@ -170,7 +181,9 @@ def markdown(result: dict) -> str:
              (
              f"Machine: {m.get('cpu')}, {m.get('logical_cpus')} logical CPUs, {m.get('threads')} threads; "
              f"{result['test_images']} test images; batch 1, {result['rounds']} interleaved rounds x "
-             f"{result['runs_per_round']} runs per row. Config `{result['config']}`."), "",
+             f"{result['runs_per_round']} runs per row. Config `{result['config']}`."),
+             f"CPU features: {', '.join(m.get('isa', [])) or 'unknown'}. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items()) + ".", "",
              "| path | accuracy | Δ pt vs torch | agreement | p50 ms | p95 ms | x torch eager | x naive OV int8 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
