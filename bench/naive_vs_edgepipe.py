@@ -108,11 +108,6 @@ def naive_runners(model, x_cal: np.ndarray, image_size: int, work: Path) -> dict
             "naive openvino-int8": NaiveOpenVinoRunner(ov_int8, "naive openvino-int8")}
 
 
-def logits_of(runner: Runner, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    batch = min(batch, runner.max_batch or batch)
-    return np.concatenate([runner.infer(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
 def run(config: Path, rounds: int, runs: int) -> dict:
     import torch
 
@@ -139,7 +134,7 @@ def run(config: Path, rounds: int, runs: int) -> dict:
     rows: dict[str, dict] = {}
     for name, r in runners.items():
         r.activate()
-        rows[name] = {"logits": logits_of(r, x_te), "times": [], "runtime": r.runtime_info()}
+        rows[name] = {"logits": r.infer_batched(x_te), "times": [], "runtime": r.runtime_info()}
         r.time(x_te[:1], 0, warmup=20)
     for _ in range(rounds):  # interleaved: drift in machine load hits every row alike
         for name, r in runners.items():

@@ -43,8 +43,7 @@ class ValidationSet:
 def run_and_time(runner, x: np.ndarray, batch: int = 32, timed_runs: int = 30) -> tuple[np.ndarray, float]:
     """Logits for x, and batch-1 p50 latency in ms (to price each layer kept in float)."""
     with runner:
-        step = min(batch, runner.max_batch or batch)
-        logits = np.concatenate([runner.infer(x[i:i + step]) for i in range(0, len(x), step)])
+        logits = runner.infer_batched(x, batch)
         times = runner.time(x[:1], timed_runs, warmup=5)
     return logits, float(np.median(times) * 1e3)
 

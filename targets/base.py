@@ -110,6 +110,11 @@ class Runner(ABC):
                              "in preprocessing")
         return x
 
+    def infer_batched(self, x: np.ndarray, batch: int = 32) -> np.ndarray:
+        """Logits for any number of inputs, in batches of at most `batch` the model accepts."""
+        step = min(batch, self.max_batch or batch)
+        return np.concatenate([self.infer(x[i:i + step]) for i in range(0, len(x), step)])
+
     def time(self, x: np.ndarray, runs: int, warmup: int = 0) -> list[float]:
         """Seconds of each of `runs` infer(x) calls after `warmup` untimed ones (active runner)."""
         for _ in range(warmup):
