@@ -120,6 +120,10 @@ class ExportConfig(_Section):
 
 class CalibrationConfig(_Section):
     size: int = Field(300, ge=1, description="class-balanced images drawn from the train split")
+    # int8 weights: data_aware picks each weight's rounding direction from calibration inputs
+    # (pipeline/weight_rounding.py); nearest leaves it to each backend's quantizer.
+    weight_rounding: Literal["data_aware", "nearest"] = "data_aware"
+    rounding_images: int = Field(128, ge=1, description="calibration images that weigh the rounding")
 
 
 class FallbackConfig(_Section):

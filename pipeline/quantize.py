@@ -12,10 +12,17 @@ import traceback
 
 from calibration import create_calibration_set
 from pipeline.config import BuildConfig
-from pipeline.fallback import RANK_IMAGES, FallbackPolicy, ValidationSet, build_with_fallback, rank_layers
 from pipeline.console import console
 from pipeline.data import PreparedData
+from pipeline.fallback import (
+    RANK_IMAGES,
+    FallbackPolicy,
+    ValidationSet,
+    build_with_fallback,
+    rank_layers,
+)
 from pipeline.manifest import Manifest, write_json
+from pipeline.weight_rounding import round_weights
 from targets import get_target
 from targets.base import Artifact, BackendUnavailable
 
@@ -28,7 +35,16 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
     console.print(f"calibration set: {len(calib)} train images, sha256 {calib.sha256[:12]}")
     fb = cfg.fallback
     policy = FallbackPolicy(fb.target_agreement, fb.max_accuracy_drop, fb.max_float_layers)
-    wants_int8 = fb.enabled and any("int8" in t.precisions for t in cfg.targets)
+    has_int8 = any("int8" in t.precisions for t in cfg.targets)
+    wants_int8 = fb.enabled and has_int8
+    int8_source, rounding = onnx_path, None
+    if has_int8 and cfg.calibration.weight_rounding == "data_aware":
+        # Every int8 build (and the sensitivity ranking) starts from weights already on their grid.
+        int8_source = cfg.output_dir / "calibration" / "model_int8_weights.onnx"
+        console.print(f"rounding int8 weights on {min(cfg.calibration.rounding_images, len(calib))} calibration images ...")
+        rounding = round_weights(onnx_path, int8_source, calib, cfg.calibration.rounding_images, cfg.verify.threads)
+        console.print(f"  {rounding['layers']} layers, layer output error vs nearest rounding: "
+                      f"median x{rounding['median_error_ratio']:.2f} ({rounding['seconds']} s)")
     val = ranking = None
     if wants_int8:
         from pipeline.export import ort_logits
@@ -37,7 +53,7 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
         x_val = data.spec.normalize(x_val)
         val = ValidationSet(x_val, y_val, ort_logits(onnx_path, x_val))
         console.print(f"ranking layer sensitivity on {min(RANK_IMAGES, len(y_val))} validation images ...")
-        ranking = rank_layers(onnx_path, calib, val, cfg.verify.threads)
+        ranking = rank_layers(int8_source, calib, val, cfg.verify.threads)
         write_json(cfg.output_dir / "calibration" / "layer_sensitivity.json", ranking)
     artifacts: list[Artifact] = []
     for tcfg in cfg.targets:
@@ -45,13 +61,14 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
         for precision in tcfg.precisions:
             out_dir = cfg.output_dir / "targets" / f"{tcfg.name}-{precision}"
             started = time.perf_counter()
+            source = int8_source if precision == "int8" else onnx_path
             try:
                 if precision == "int8" and wants_int8:
                     built = build_with_fallback(
-                        lambda keep: target.build(onnx_path, precision, calib, out_dir, tcfg, keep),
+                        lambda keep: target.build(source, precision, calib, out_dir, tcfg, keep),
                         lambda a: target.load(a, cfg.verify.threads), val, ranking, policy, f"{tcfg.name}-int8")
                 else:
-                    built = target.build(onnx_path, precision, calib, out_dir, tcfg)
+                    built = target.build(source, precision, calib, out_dir, tcfg)
             except BackendUnavailable as e:
                 built = [Artifact(tcfg.name, precision, out_dir, status="skipped", reason=str(e))]
             except Exception as e:  # one target's failure must not hide the others' results
@@ -61,17 +78,26 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
                 built = [Artifact(tcfg.name, precision, out_dir, status="failed", reason=reason)]
             for a in built:
                 a.details.setdefault("build_s", round(time.perf_counter() - started, 1))
+                if precision == "int8" and a.status == "built":
+                    a.details["weight_rounding"] = cfg.calibration.weight_rounding
                 note = {"built": "[green]built", "skipped": "[yellow]skipped", "failed": "[red]FAILED"}[a.status]
                 console.print(f"  {a.name:<28} {note}[/] {a.reason or ''}")
             artifacts += built
 
     outputs = {"calibration": calib.path}
+    if rounding is not None:
+        outputs["int8_weights"] = int8_source
+        write_json(cfg.output_dir / "calibration" / "weight_rounding.json", rounding)
+        outputs["weight_rounding"] = cfg.output_dir / "calibration" / "weight_rounding.json"
     if ranking is not None:
         outputs["layer_sensitivity"] = cfg.output_dir / "calibration" / "layer_sensitivity.json"
     for a in artifacts:
         for f in a.files:
             outputs[f"{a.name}/{f.name}"] = f
-    manifest.record_stage("quantize", outputs, {"calibration_images": len(calib), "calibration_sha256": calib.sha256},
+    info = {"calibration_images": len(calib), "calibration_sha256": calib.sha256}
+    if rounding is not None:
+        info["weight_rounding"] = {k: v for k, v in rounding.items() if k != "per_layer"}
+    manifest.record_stage("quantize", outputs, info,
                           artifacts=[a.to_dict(cfg.output_dir) for a in artifacts],
                           wall_s=round(time.perf_counter() - t0, 1))
     return artifacts

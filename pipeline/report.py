@@ -97,7 +97,11 @@ def render_markdown(report: dict) -> str:
     notes = [f"- {r['name']}: {r['proxy']}" for r in report["rows"] if r.get("proxy")]
     notes += [f"- {r['name']}: runs with {r['runtime']}" for r in report["rows"] if r.get("runtime")]
     for r in report["rows"]:
-        fb = (r.get("details") or {}).get("fallback")
+        details = r.get("details") or {}
+        if details.get("weight_rounding") == "data_aware":
+            notes.append(f"- {r['name']}: int8 weights rounded data-aware on calibration images "
+                         "(calibration/weight_rounding.json)")
+        fb = details.get("fallback")
         if fb:
             first = fb["steps"][0]
             last = next(st for st in fb["steps"] if st["float_layers"] == fb["chosen_step"])

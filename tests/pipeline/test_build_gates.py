@@ -41,6 +41,11 @@ def test_healthy_build_passes_its_gates(project):
     assert ok["onnxruntime-fp32"]["agreement"] == 1.0 and ok["onnxruntime-fp32"]["vs_parent"]["parent"] == "torch-fp32"
     assert ok["onnxruntime-int8"]["vs_parent"]["parent"] == "onnxruntime-fp32"
     assert ok["onnxruntime-int8"]["details"]["fallback"]["goal_met_on_val"]
+    for name in ("onnxruntime-int8", "tensorrt-int8-proxy"):  # both built from the data-aware rounded weights
+        assert ok[name]["details"]["weight_rounding"] == "data_aware"
+    quantize = json.loads((project / "out" / "manifest.json").read_text())["stages"]["quantize"]
+    assert {"int8_weights", "weight_rounding"} <= set(quantize["outputs"])
+    assert quantize["metrics"]["weight_rounding"]["median_error_ratio"] < 1
     assert ok["tensorrt-int8"]["status"] == "skipped" and ok["tensorrt-int8"]["reason"] == "tensorrt not installed"
     assert "proxy" in ok["tensorrt-int8-proxy"]["proxy"]
     for r in report["rows"]:

@@ -38,6 +38,7 @@ def rerun(manifest, **changes) -> set[str]:
     ({"gates": {"min_agreement": 0.5}}, {"report"}),
     ({"targets": [{"name": "onnxruntime", "gates": {"min_agreement": 0.5}}, {"name": "openvino"}]}, {"report"}),
     ({"calibration": {"size": 100}}, {"quantize", "report"}),
+    ({"calibration": {"weight_rounding": "nearest"}}, {"quantize", "report"}),
     ({"fallback": {"max_float_layers": 2}}, {"quantize", "report"}),
     ({"targets": [{"name": "onnxruntime", "calibration_method": "entropy"}, {"name": "openvino"}]}, {"quantize", "report"}),
     ({"verify": {"runs": 50}}, {"verify", "report"}),
