@@ -21,6 +21,7 @@ from pipeline.console import console
 
 LAYER_TYPES = ("Conv", "Gemm", "MatMul")
 RANK_IMAGES = 160  # validation images used to rank layers (the goal check uses all of them)
+MSE_SLACK = 0.10  # a step with fewer float layers is as good when its val logit MSE is within 10 %
 
 
 @dataclass
@@ -124,12 +125,16 @@ class FallbackPolicy:
         return score["agreement"] >= self.target_agreement and score["accuracy_drop"] <= self.max_accuracy_drop
 
 
-def _best_step(steps: list[dict], n_val: int) -> dict:
-    """When the goal is out of reach: the fewest float layers whose agreement is within one
-    validation image of the best step's (a one-image gain is noise, float layers cost latency)."""
-    best = max(s["agreement"] for s in steps)
-    close = [s for s in steps if s["agreement"] >= best - 1.0 / n_val - 1e-9]
-    return min(close, key=lambda s: (s["float_layers"], s["accuracy_drop"]))
+def _best_step(steps: list[dict]) -> dict:
+    """When the goal is out of reach: the step whose logits are closest to the float model's (val
+    logit MSE), or one with fewer float layers whose MSE is within MSE_SLACK of it (float layers
+    cost latency). Not the best agreement: on a few hundred val images one image moves agreement
+    by a quarter point at random, while the MSE over the same images is a steadier, paired
+    measure. On ELPV (3 seeds) picking by agreement shipped OpenVINO int8 without the stem in float
+    on seed 1 (test agreement 98.48 %) though keeping it halved the logit MSE (test 98.93 %)."""
+    best = min(s["logit_mse"] for s in steps)
+    close = [s for s in steps if s["logit_mse"] <= best * (1 + MSE_SLACK)]
+    return min(close, key=lambda s: (s["float_layers"], s["logit_mse"]))
 
 
 def build_with_fallback(build, load, val: ValidationSet, ranking: list[dict], policy: FallbackPolicy, label: str):
@@ -149,7 +154,7 @@ def build_with_fallback(build, load, val: ValidationSet, ranking: list[dict], po
                       f"accuracy drop {score['accuracy_drop'] * 100:+.2f} pt")
         if policy.met(score):
             break
-    chosen = steps[-1] if policy.met(steps[-1]) else _best_step(steps, len(val.labels))
+    chosen = steps[-1] if policy.met(steps[-1]) else _best_step(steps)
     keep = tuple(r["layer"] for r in ranking[:chosen["float_layers"]])
     if chosen is not steps[-1]:
         artifacts = build(keep)

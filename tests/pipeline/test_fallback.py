@@ -1,7 +1,13 @@
 import numpy as np
 
 from pipeline.config import OnnxRuntimeTargetConfig
-from pipeline.fallback import FallbackPolicy, ValidationSet, _best_step, build_with_fallback, rank_layers
+from pipeline.fallback import (
+    FallbackPolicy,
+    ValidationSet,
+    _best_step,
+    build_with_fallback,
+    rank_layers,
+)
 from targets import get_target
 
 
@@ -11,13 +17,16 @@ def test_schedule_doubles_up_to_the_limit():
     assert FallbackPolicy(0.99, 0.003, 0).schedule() == [0]
 
 
-def test_out_of_reach_goal_prefers_few_float_layers_unless_the_gain_is_real():
-    steps = [{"float_layers": 0, "agreement": 0.970, "accuracy_drop": 0.0},
-             {"float_layers": 1, "agreement": 0.9725, "accuracy_drop": 0.0},
-             {"float_layers": 2, "agreement": 0.980, "accuracy_drop": 0.0},
-             {"float_layers": 4, "agreement": 0.9825, "accuracy_drop": 0.0}]
-    assert _best_step(steps, n_val=400)["float_layers"] == 2  # 4 gains one image over 2: noise
-    assert _best_step(steps, n_val=40)["float_layers"] == 0  # on 40 images all are within one image
+def test_out_of_reach_goal_picks_the_closest_logits_unless_fewer_float_layers_are_as_close():
+    steps = [{"float_layers": 0, "agreement": 0.975, "logit_mse": 0.040},
+             {"float_layers": 1, "agreement": 0.970, "logit_mse": 0.020},
+             {"float_layers": 2, "agreement": 0.975, "logit_mse": 0.019},
+             {"float_layers": 4, "agreement": 0.980, "logit_mse": 0.030}]
+    # 4 has the best agreement (one image more), 2 the lowest MSE, 1 is within 10 % of it.
+    assert _best_step(steps)["float_layers"] == 1
+    steps[1]["logit_mse"] = 0.025  # no longer within 10 %: the float layer is worth its latency
+    assert _best_step(steps)["float_layers"] == 2
+    assert _best_step(steps[:1])["float_layers"] == 0
 
 
 def test_validation_score():
@@ -54,7 +63,7 @@ def test_fallback_adds_float_layers_until_the_goal_holds(tiny, tmp_path):
     [artifact] = build_with_fallback(build, lambda a: target.load(a, 1), val, ranking, FallbackPolicy(1.01, 0, 2), "t")
     fb = artifact.details["fallback"]
     assert [s["float_layers"] for s in fb["steps"]] == [0, 1, 2] and all(s["p50_ms"] > 0 for s in fb["steps"])
-    best = _best_step(fb["steps"], len(val.labels))
+    best = _best_step(fb["steps"])
     assert fb["chosen_step"] == best["float_layers"] and not fb["goal_met_on_val"]
     assert fb["kept_float"] == [r["layer"] for r in ranking[:best["float_layers"]]]
     assert seen[-1] == tuple(fb["kept_float"])  # the shipped artifact is the chosen step's build
