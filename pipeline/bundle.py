@@ -28,7 +28,7 @@ from pipeline.backbones import sha256_file
 from pipeline.config import BuildConfig
 from pipeline.console import console
 from pipeline.errors import MissingArtifactError
-from pipeline.manifest import Manifest, atomic_output
+from pipeline.manifest import TMP_MARK, Manifest, atomic_output
 from pipeline.quantize import recorded_artifacts
 from runtime.bundle import MANIFEST, SCHEMA, TRT_DEVICE_FILES, file_entry
 from targets.base import Artifact
@@ -145,7 +145,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def write_bundle(final: Path, files: list[Path], meta: dict) -> Path:
     """Copy files into a temp folder, hash the copies into bundle.json, then rename into place."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -159,8 +159,9 @@ def write_bundle(final: Path, files: list[Path], meta: dict) -> Path:
     return final
 
 
-def write_archive(folder: Path, path: Path, top: str) -> Path:
-    """A reproducible .tar.gz of the folder (fixed owner and times, sorted) under `top/`, plus `.sha256`."""
+def write_archive(folder: Path, path: Path, top: str) -> tuple[Path, str]:
+    """A reproducible .tar.gz of the folder (fixed owner and times, sorted) under `top/`, plus
+    `.sha256`; returns the archive and its sha256."""
     def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = "root"
@@ -173,10 +174,10 @@ def write_archive(folder: Path, path: Path, top: str) -> Path:
         tar.add(folder, arcname=top, recursive=False, filter=normalize)
         for f in sorted(folder.iterdir()):
             tar.add(f, arcname=f"{top}/{f.name}", filter=normalize)
-    side = path.with_name(path.name + ".sha256")
-    with atomic_output(side) as tmp:
-        tmp.write_text(f"{sha256_file(path)}  {path.name}\n")
-    return path
+    digest = sha256_file(path)
+    with atomic_output(path.with_name(path.name + ".sha256")) as tmp:
+        tmp.write_text(f"{digest}  {path.name}\n")
+    return path, digest
 
 
 def _remove_stale(dist: Path, name: str, keep: set[str]) -> list[str]:
@@ -225,9 +226,9 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest) -> list[Path]:
         entry = {"artifact": key, "path": str(folder), "verified": meta["verified"]["how"],
                  "gates_passed": meta["gates"]["passed"]}
         if cfg.bundle.archive:
-            archive = write_archive(folder, dist / f"{cfg.name}-{key}.tar.gz", f"{cfg.name}-{key}")
+            archive, digest = write_archive(folder, dist / f"{cfg.name}-{key}.tar.gz", f"{cfg.name}-{key}")
             keep |= {archive.name, archive.name + ".sha256"}
-            entry |= {"archive": str(archive), "archive_sha256": sha256_file(archive)}
+            entry |= {"archive": str(archive), "archive_sha256": digest}
         written.append(entry)
         note = {"measured": "", "proxy": " (accuracy verified via the ONNX Runtime proxy)",
                 "none": f" (accuracy NOT verified: {a.reason})"}[meta["verified"]["how"]]

@@ -49,15 +49,6 @@ def run_and_time(runner, x: np.ndarray, batch: int = 32, timed_runs: int = 30) -
     return logits, float(np.median(times) * 1e3)
 
 
-def _session(model_bytes: bytes, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-
 def _bypass_inputs(model, node) -> list[tuple[int, str]]:
     """Rewire `node` to read the float tensors in front of its Q/DQ pairs; returns the undo list."""
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -78,7 +69,7 @@ def rank_layers(onnx_path: Path, calib: CalibrationSet, val: ValidationSet, thre
     """Layers (ONNX node names) ordered by how much keeping them in float helps, most first."""
     import onnx
 
-    from targets.onnxruntime import OrtQuantPreset
+    from targets.onnxruntime import OrtQuantPreset, cpu_session
 
     preset = OrtQuantPreset(qdq_on_weights=True)  # the CPU preset, with float weights left reachable
     x, ref = val.x[:limit], val.float_logits[:limit]
@@ -88,7 +79,7 @@ def rank_layers(onnx_path: Path, calib: CalibrationSet, val: ValidationSet, thre
         model = onnx.load(str(qdq))
 
     def mse() -> float:
-        sess = _session(model.SerializeToString(), threads)
+        sess = cpu_session(model.SerializeToString(), threads)
         name = sess.get_inputs()[0].name
         out = np.concatenate([sess.run(None, {name: x[i:i + 32]})[0] for i in range(0, len(x), 32)])
         return float(((out - ref) ** 2).mean())

@@ -91,7 +91,8 @@ def layer_hessians(model, layers: list[Layer], images: np.ndarray,
     """H[layer] = sum over calibration positions of x x^T, [groups, K, K], from the float graph,
     and how many positions (samples) each layer's H sums."""
     import onnx
-    import onnxruntime as ort
+
+    from targets.onnxruntime import cpu_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -99,10 +100,7 @@ def layer_hessians(model, layers: list[Layer], images: np.ndarray,
     for name in dict.fromkeys(layer.input for layer in layers):
         if name not in outputs:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = cpu_session(probe.SerializeToString(), threads)
     names = [o.name for o in session.get_outputs()]
     feed = session.get_inputs()[0].name
     hessians: dict[str, np.ndarray] = {}
@@ -165,7 +163,7 @@ def round_weights(onnx_in: Path, onnx_out: Path, calib: CalibrationSet, images: 
     t0 = time.perf_counter()
     model = onnx.load(str(onnx_in))
     layers = find_layers(model)
-    x = np.concatenate(list(calib.batches(BATCH)))[:images].astype(np.float32)
+    x = calib.spec.normalize(calib.images[:images])
     hessians, samples = layer_hessians(model, layers, x, threads)
     inits = {i.name: i for i in model.graph.initializer}
     per_layer = []

@@ -100,6 +100,17 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
+def cpu_session(model: bytes, threads: int):
+    """A quiet CPU InferenceSession on in-memory model bytes: for the build's own probes of a graph
+    (layer ranking, weight rounding), not for the timed runner."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
 def _input_name(path: Path) -> str:
     import onnx
 
