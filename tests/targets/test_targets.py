@@ -71,3 +71,18 @@ def test_openvino_batch_1_runs_on_a_static_copy(tiny, tmp_path):
         batch = runner.infer(tiny["x"][:3])
         singles = np.concatenate([runner.infer(tiny["x"][i:i + 1]) for i in range(3)])
     assert np.allclose(singles, batch, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision, hint", [("fp32", "f32"), ("int8", None), ("fp16", None)])
+def test_openvino_pins_f32_only_for_the_fp32_row(tiny, tmp_path, precision, hint):
+    # On bf16-capable CPUs OpenVINO would otherwise compute the "fp32" row in bf16; the reduced
+    # precision rows keep the device's choice, and the report says which it was.
+    t = get_target("openvino")
+    if reason := t.unavailable_reason():
+        pytest.skip(reason)
+    [artifact] = t.build(tiny["onnx"], precision, tiny["calib"], tmp_path, SETTINGS["openvino"])
+    with t.load(artifact, threads=1) as runner:
+        assert runner.precision_hint == hint
+        assert runner.runtime_info().startswith("OpenVINO CPU computing in ")
+        if hint:
+            assert runner.runtime_info() == "OpenVINO CPU computing in f32"
