@@ -175,7 +175,11 @@ def run(config: Path, epochs: int, lr: float, device_name: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgepipe-qat-") as tmp:
         qat_onnx = export_onnx(unwrap_layers(student).cpu(), Path(tmp) / "qat.onnx", cfg.model.image_size,
                                cfg.export.opset, cfg.export.dynamic_batch, cfg.export.simplify)
-        sources = {"build (data-aware rounding)": manifest.output("quantize", "int8_weights"), "QAT": qat_onnx}
+        if cfg.calibration.weight_rounding == "data_aware":
+            sources = {"build (data-aware rounding)": manifest.output("quantize", "int8_weights")}
+        else:
+            sources = {"build (nearest rounding)": float_onnx}
+        sources["QAT"] = qat_onnx
         for tcfg in cfg.targets:
             if tcfg.name not in ("onnxruntime", "openvino") or "int8" not in tcfg.precisions:
                 continue
