@@ -36,11 +36,13 @@ from calibration.set import load_calibration_set
 from pipeline.backbones import preprocess_spec
 from pipeline.config import load_config
 from pipeline.data import prepare
-from pipeline.export import export_onnx, ort_logits
-from pipeline.finetune import _augment
+from pipeline.export import export_onnx
+from pipeline.fallback import ValidationSet
+from pipeline.finetune import _augment, _Normalize
 from pipeline.manifest import Manifest
 from pipeline.torch_model import load_checkpoint, pick_device
 from targets import get_target
+from targets.onnxruntime import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -117,11 +119,11 @@ def unwrap_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def score(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray) -> dict:
-    pred, ref_pred = logits.argmax(1), ref.argmax(1)
-    return {"agreement": float((pred == ref_pred).mean()),
-            "accuracy_delta": float((pred == labels).mean() - (ref_pred == labels).mean()),
-            "logit_error_std": float((logits - ref).std())}
+def score(split: ValidationSet, logits: np.ndarray) -> dict:
+    """The fallback's agreement and accuracy drop against the float logits, plus the error's std."""
+    s = split.score(logits)
+    return {"agreement": s["agreement"], "accuracy_delta": -s["accuracy_drop"],
+            "logit_error_std": float((logits - split.float_logits).std())}
 
 
 def run(config: Path, epochs: int, lr: float, device_name: str) -> dict:
@@ -131,9 +133,12 @@ def run(config: Path, epochs: int, lr: float, device_name: str) -> dict:
     teacher, _ = load_checkpoint(manifest.output("finetune", "checkpoint"))
     calib = load_calibration_set(manifest.output("quantize", "calibration"))
     float_onnx = manifest.output("export", "onnx")
-    splits = {s: data.subset(s) for s in ("val", "test")}
-    ref = {s: np.concatenate([ort_logits(float_onnx, data.spec.normalize(x[i:i + 64])) for i in range(0, len(x), 64)])
-           for s, (x, _) in splits.items()}  # in batches: one 656-image ORT run holds GBs of activations
+    splits = {}
+    with OrtRunner(float_onnx, cfg.verify.threads, "float") as runner:  # batched: a whole split at once holds GBs
+        for name in ("val", "test"):
+            x, y = data.subset(name)
+            x = data.spec.normalize(x)
+            splits[name] = ValidationSet(x, y, runner.infer_batched(x))
     device = pick_device(device_name)
     torch.manual_seed(cfg.seed)
 
@@ -152,8 +157,7 @@ def run(config: Path, epochs: int, lr: float, device_name: str) -> dict:
     teacher, student = teacher.to(device).eval(), student.to(device).eval()
     x_tr, _ = data.subset("train")
     images = torch.from_numpy(x_tr).permute(0, 3, 1, 2).contiguous()
-    mean = torch.tensor(data.spec.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(data.spec.std, device=device).view(1, 3, 1, 1)
+    normalize = _Normalize(data.spec, device)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     batch = cfg.finetune.batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * -(-len(images) // batch)))
@@ -162,7 +166,7 @@ def run(config: Path, epochs: int, lr: float, device_name: str) -> dict:
     for epoch in range(epochs):
         perm, total = torch.randperm(len(images), generator=gen), 0.0
         for i in range(0, len(perm), batch):
-            x = (_augment(images[perm[i:i + batch]].float().div(255), cfg.finetune.augment, gen).to(device) - mean) / std
+            x = normalize(_augment(images[perm[i:i + batch]].float().div(255), cfg.finetune.augment, gen).to(device))
             with torch.no_grad():
                 target = teacher(x)
             loss = F.mse_loss(student(x), target)
@@ -187,7 +191,7 @@ def run(config: Path, epochs: int, lr: float, device_name: str) -> dict:
             for label, source in sources.items():
                 [artifact] = target.build(source, "int8", calib, Path(tmp) / f"{tcfg.name}-{len(rows)}", tcfg)
                 with target.load(artifact, cfg.verify.threads) as runner:
-                    got = {s: score(runner.infer_batched(data.spec.normalize(x)), ref[s], y) for s, (x, y) in splits.items()}
+                    got = {name: score(split, runner.infer_batched(split.x)) for name, split in splits.items()}
                 rows.append({"source": label, "target": f"{tcfg.name}-int8"} | got)
                 print(f"{tcfg.name}-int8 from {label}: test agreement {got['test']['agreement']:.2%}", flush=True)
     return {"config": str(config), "epochs": epochs, "lr": lr, "device": device.type, "curve": curve, "rows": rows,
