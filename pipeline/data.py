@@ -21,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.config import DatasetConfig, SplitConfig
 from pipeline.console import progress
 from pipeline.errors import DataError
-from pipeline.preprocess import DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, decode_image
+from pipeline.preprocess import (DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, UnreadableFile, decode_image,
+                                 read_image_bytes)
 ELPV_CLASSES = ("functional", "defective")
 MIN_PER_CLASS = 3  # one image each for train, val and test
 
@@ -146,8 +147,8 @@ def _csv_catalog(cfg: DatasetConfig) -> Catalog:
     for line_no, rel, label in rows:
         p = _inside_root(root / rel, root, cfg, f"{path}:{line_no}: {rel}")
         if not p.is_file():
-            raise DataError(f"{path}:{line_no}: image {rel} does not exist under {root}",
-                            "fix the path or remove the row")
+            what = "is not an image file (a folder, device or pipe)" if p.exists() else f"does not exist under {root}"
+            raise DataError(f"{path}:{line_no}: image {rel} {what}", "fix the path or remove the row")
         if p in first:
             if first[p][1] != label:
                 raise DataError(f"{path}:{line_no}: {rel} is labelled '{label}' here and '{first[p][1]}' "
@@ -170,18 +171,47 @@ def catalog(cfg: DatasetConfig) -> Catalog:
 
 # --- splitting -------------------------------------------------------------------------------
 
-def stratified_split(labels: np.ndarray, cfg: SplitConfig, seed: int) -> Split:
-    """Per class: shuffle with (seed, class) and cut test, then val, the rest is train."""
+def _cut(n: int, cfg: SplitConfig) -> tuple[int, int]:
+    """Images of a class of n that go to (test, val): at least one each, and at least one left
+    to train (rounding both fractions up could take all of a small class: 4 images at 0.4 / 0.4)."""
+    n_test, n_val = max(1, round(n * cfg.test)), max(1, round(n * cfg.val))
+    while n - n_test - n_val < 1 and max(n_test, n_val) > 1:
+        if n_test >= n_val:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n_test, n_val
+
+
+def stratified_split(labels: np.ndarray, cfg: SplitConfig, seed: int, groups: np.ndarray | None = None) -> Split:
+    """Per class: shuffle with (seed, class) and cut test, then val, the rest is train.
+
+    groups: items with the same group id (byte-identical files) move together, so copies never
+    straddle two splits; a class is cut where its running image count first reaches the target.
+    Without duplicates every group is one image and the cut is exactly the per-image one."""
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
     parts = {"train": [], "val": [], "test": []}
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        idx = idx[np.random.default_rng([seed, int(c)]).permutation(len(idx))]
-        n_test = max(1, round(len(idx) * cfg.test))
-        n_val = max(1, round(len(idx) * cfg.val))
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
-    return Split(**{k: np.sort(np.concatenate(v)) for k, v in parts.items()})
+        _, first, inverse = np.unique(groups[idx], return_index=True, return_inverse=True)
+        order = np.argsort(first)  # groups in order of first appearance: singletons keep the index order
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        members = [idx[rank[inverse] == g] for g in range(len(order))]
+        members = [members[g] for g in np.random.default_rng([seed, int(c)]).permutation(len(members))]
+        n_test, n_val = _cut(len(idx), cfg)
+        cum, k = np.cumsum([len(m) for m in members]), len(members)
+        # the first group at which the running count reaches each target; with three groups or
+        # more, each split keeps at least one (a large group must not swallow val and train)
+        test_end = int(np.searchsorted(cum, n_test)) + 1
+        val_end = int(np.searchsorted(cum, n_test + n_val)) + 1
+        if k >= 3:
+            test_end = min(test_end, k - 2)
+            val_end = min(max(val_end, test_end + 1), k - 1)
+        for name, chunk in (("test", members[:test_end]), ("val", members[test_end:val_end]),
+                            ("train", members[val_end:])):
+            parts[name].append(np.concatenate(chunk) if chunk else np.empty(0, np.int64))
+    return Split(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -215,7 +245,7 @@ def fingerprint(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> str:
     for f in files:
         digest.update(f"{os.path.relpath(f.path, cat.root)}\0{cat.classes[f.label]}\0".encode())
         try:
-            digest.update(hashlib.sha256(f.path.read_bytes()).digest())
+            digest.update(hashlib.sha256(read_image_bytes(f.path)).digest())
         except OSError as e:  # unreadable: prepare() decides what that means; the key still differs
             digest.update(f"unreadable: {type(e).__name__}".encode())
     return digest.hexdigest()
@@ -224,6 +254,8 @@ def fingerprint(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> str:
 def _why_unreadable(e: Exception, data: bytes | None) -> str:
     if data == b"":
         return "the file is empty"
+    if isinstance(e, UnreadableFile):
+        return str(e)
     if isinstance(e, UnidentifiedImageError):  # PIL's own text names a BytesIO object, not the file
         return "not an image in any format PIL reads"
     return f"{type(e).__name__}: {e}".splitlines()[0]
@@ -236,7 +268,7 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
         console.print(f"[yellow]ignored {len(cat.duplicate_rows)} duplicate csv row(s) (same image, same label); "
                       f"first: {cat.duplicate_rows[0]}")
 
-    images, kept, skipped, sizes = [], [], [], Counter()
+    images, kept, skipped, contents, sizes = [], [], [], [], Counter()
     digest = hashlib.sha256()
     with progress() as bar:
         task = bar.add_task("load images", total=len(files), status="")
@@ -244,7 +276,7 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
             bar.advance(task)
             data = None
             try:
-                data = f.path.read_bytes()
+                data = read_image_bytes(f.path)
                 with warnings.catch_warnings():
                     # Between 1x and 2x its pixel limit PIL only warns, then decodes gigabytes.
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -264,22 +296,74 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
                                 "make them one size, or set dataset.mixed_sizes: resize to resize each to the input")
             images.append(spec.to_rgb8(image))
             kept.append(f)
-            digest.update(f"{os.path.relpath(f.path, cat.root)}\0{cat.classes[f.label]}\0".encode())
-            digest.update(hashlib.sha256(data).digest())
+            contents.append(hashlib.sha256(data).digest())
     if skipped:
         from pipeline.console import console
         console.print(f"[yellow]skipped {len(skipped)} unreadable image(s); first: {skipped[0][0]} ({skipped[0][1]})")
 
+    keep, groups = _resolve_duplicates(cat, kept, contents, cfg)
+    kept, images, contents = [kept[i] for i in keep], [images[i] for i in keep], [contents[i] for i in keep]
+    for f, content in zip(kept, contents):
+        digest.update(f"{os.path.relpath(f.path, cat.root)}\0{cat.classes[f.label]}\0".encode())
+        digest.update(content)
     labels = np.array([f.label for f in kept], dtype=np.int64)
     counts = np.bincount(labels, minlength=len(cat.classes))
     for c, n in zip(cat.classes, counts):
         if n < MIN_PER_CLASS:
             raise DataError(f"class '{c}' has {n} usable image(s)",
                             f"each class needs at least {MIN_PER_CLASS} (train, val and test)")
-    split = stratified_split(labels, cfg.split, seed)
+    split = stratified_split(labels, cfg.split, seed, groups[keep])
+    _check_every_split_has_every_class(split, labels, cat.classes, groups[keep])
     split_digest = hashlib.sha256()
     for name in ("train", "val", "test"):
         split_digest.update(name.encode() + getattr(split, name).astype(np.int64).tobytes())
     split_digest.update(digest.digest())
     return PreparedData(cat.classes, kept, np.stack(images), labels, split, spec,
                         digest.hexdigest(), split_digest.hexdigest(), skipped)
+
+
+def _resolve_duplicates(cat: Catalog, files: list[LabelledFile], contents: list[bytes],
+                        cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the files to keep, a group id per file: byte-identical files share one).
+
+    The same bytes under two labels cannot both be right: an error, or with on_duplicate: skip
+    every copy is dropped. Copies within one class are kept, grouped so the split keeps them
+    together (one in train and one in test would be a leak)."""
+    from pipeline.console import console
+
+    first: dict[bytes, int] = {}
+    groups = np.array([first.setdefault(c, i) for i, c in enumerate(contents)], dtype=np.int64)
+    labels_of: dict[int, set[int]] = {}
+    for g, f in zip(groups, files):
+        labels_of.setdefault(int(g), set()).add(f.label)
+    conflicts = [g for g, ls in labels_of.items() if len(ls) > 1]
+    if conflicts and cfg.on_duplicate == "error":
+        g = conflicts[0]
+        copies = [f for f, gi in zip(files, groups) if gi == g]
+        a, b = copies[0], next(f for f in copies if f.label != copies[0].label)
+        raise DataError(f"{len(conflicts)} image(s) appear byte-identical under two labels, e.g. {a.path} "
+                        f"('{cat.classes[a.label]}') and {b.path} ('{cat.classes[b.label]}')",
+                        "delete the wrongly labelled copy, or set dataset.on_duplicate: skip to drop every such image")
+    bad = set(conflicts)
+    keep = np.array([i for i, g in enumerate(groups) if int(g) not in bad], dtype=np.int64)
+    if conflicts:
+        dropped = len(groups) - len(keep)
+        console.print(f"[yellow]dropped {dropped} file(s): {len(conflicts)} image(s) stored under two labels "
+                      "(dataset.on_duplicate: skip)")
+    copies = len(keep) - len(np.unique(groups[keep]))
+    if copies:
+        console.print(f"[yellow]{copies} duplicate file(s) within a class: each set of copies stays in one split")
+    return keep, groups
+
+
+def _check_every_split_has_every_class(split: Split, labels: np.ndarray, classes: tuple[str, ...],
+                                       groups: np.ndarray) -> None:
+    for c, name in enumerate(classes):
+        sizes = {part: int((labels[getattr(split, part)] == c).sum()) for part in ("train", "val", "test")}
+        if min(sizes.values()) == 0:
+            distinct = len(np.unique(groups[labels == c]))
+            raise DataError(f"class '{name}' gets no image in {', '.join(p for p, n in sizes.items() if not n)} "
+                            f"(split {sizes}, {distinct} distinct image(s)); every class needs at least one image "
+                            "in each of train, val and test",
+                            f"add images of '{name}' (at least {MIN_PER_CLASS} distinct ones), or lower "
+                            "dataset.split.val / dataset.split.test")

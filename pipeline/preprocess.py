@@ -6,7 +6,10 @@ Uses only PIL and numpy (no torch) so a field unit reproduces training's pixels 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -14,6 +17,37 @@ from PIL import Image
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # What PIL raises on a file that is not a readable image (truncated, garbage, too large).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+# Larger files are refused before they are read: a camera frame or a scan is far below this, and
+# an endless or sparse multi-GB file must not exhaust a field unit's memory (PIL's pixel limit
+# only guards the decoded size, not the bytes read before decoding).
+MAX_IMAGE_BYTES = 256 * 2**20
+
+
+class UnreadableFile(OSError):
+    """A path that is not a regular file of a sane size. str() is the reason without the path
+    ("it is a folder"), for messages like f"cannot read image {path}: {e}"."""
+
+
+def read_image_bytes(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image file, read only from a regular file of at most max_bytes.
+
+    Devices (/dev/zero), FIFOs, sockets and folders are refused before open (opening a FIFO
+    blocks); a file that grows past the cap while it is read is refused too."""
+    path = Path(path)
+    st = os.stat(path)  # FileNotFoundError / PermissionError: the caller's error message names them
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, pipe or socket)"
+        raise UnreadableFile(f"it is {kind}")
+    if st.st_size > max_bytes:
+        raise UnreadableFile(f"it is {st.st_size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB limit "
+                             "for one image")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"it grew past the {max_bytes / 2**20:.0f} MiB limit for one image while being read")
+    return data
 
 
 def decode_image(data: bytes) -> Image.Image:

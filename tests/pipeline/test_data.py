@@ -9,7 +9,7 @@ from pipeline.data import fingerprint, prepare, stratified_split
 from pipeline.errors import DataError
 from pipeline.preprocess import PreprocessSpec
 from tests.conftest import write_image
-from tests.corpus import ODD_FORMATS, UNREADABLE
+from tests.corpus import HOSTILE_DATASETS, ODD_FORMATS, UNREADABLE
 
 SPEC = PreprocessSpec(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -191,3 +191,95 @@ def test_fingerprint_follows_the_files_not_where_they_live_and_decodes_nothing(t
     moved = shutil.copytree(image_folder, tmp_path / "moved")
     (moved / "cat" / "5.png").rename(moved / "dog" / "6.png")  # relabelled
     assert fingerprint(folder_cfg(moved), SPEC, 0) != base
+
+
+# --- issue 12: splits that cannot leak or starve a class ---------------------------------------
+
+def _per_image_split(labels, cfg, seed):
+    """The split before duplicates were grouped: shuffle per class, cut test then val."""
+    parts = {"train": [], "val": [], "test": []}
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[np.random.default_rng([seed, int(c)]).permutation(len(idx))]
+        n_test, n_val = max(1, round(len(idx) * cfg.test)), max(1, round(len(idx) * cfg.val))
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test:n_test + n_val])
+        parts["train"].append(idx[n_test + n_val:])
+    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+
+
+def test_without_duplicates_the_split_is_the_per_image_one():
+    labels = np.random.default_rng(0).integers(0, 3, 700)
+    for seed in range(3):
+        split, ref = stratified_split(labels, SplitConfig(), seed), _per_image_split(labels, SplitConfig(), seed)
+        assert all(np.array_equal(getattr(split, k), ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("val, test", [(0.4, 0.4), (0.05, 0.05), (0.15, 0.25), (0.7, 0.1), (0.1, 0.7)])
+def test_every_class_of_three_or_more_images_keeps_one_in_each_split(val, test):
+    for n in range(3, 40):
+        split = stratified_split(np.zeros(n, int), SplitConfig(val=val, test=test), 0)
+        assert min(split.sizes().values()) >= 1, (n, split.sizes())
+
+
+def test_a_class_of_four_at_forty_forty_trains(tmp_path):
+    """The issue's case: 4 images, val 0.4, test 0.4 rounded to 2 + 2 and left nothing to train."""
+    for cls, n in (("rare", 4), ("common", 20)):
+        for i in range(n):
+            write_image(tmp_path / cls / f"{i}.png", seed=hash((cls, i)) % 10_000)
+    data = prepare(folder_cfg(tmp_path, split={"val": 0.4, "test": 0.4}), SPEC, 0)
+    assert all(data.summary()["per_class"][part]["rare"] >= 1 for part in ("train", "val", "test"))
+
+
+def test_a_class_whose_distinct_images_cannot_fill_three_splits_is_refused(image_folder):
+    for i in range(1, 6):  # cat: 0.png and five copies of it
+        shutil.copyfile(image_folder / "cat" / "0.png", image_folder / "cat" / f"{i}.png")
+    with pytest.raises(DataError) as e:
+        prepare(folder_cfg(image_folder), SPEC, 0)
+    assert "class 'cat' gets no image in" in str(e.value) and "1 distinct image(s)" in str(e.value)
+    assert "lower dataset.split.val / dataset.split.test" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_DATASETS))
+def test_hostile_dataset_is_refused_naming_the_problem(image_folder, name):
+    make, fragment = HOSTILE_DATASETS[name]
+    make(image_folder)
+    with pytest.raises(DataError) as e:
+        prepare(folder_cfg(image_folder), SPEC, 0)
+    assert fragment in str(e.value) and "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+def test_same_image_under_two_labels_names_both_files_or_drops_every_copy(image_folder, capsys):
+    shutil.copyfile(image_folder / "cat" / "0.png", image_folder / "dog" / "copy.png")
+    with pytest.raises(DataError) as e:
+        prepare(folder_cfg(image_folder), SPEC, 0)
+    assert str(image_folder / "cat" / "0.png") in str(e.value) and str(image_folder / "dog" / "copy.png") in str(e.value)
+    assert "dataset.on_duplicate: skip" in str(e.value)
+    data = prepare(folder_cfg(image_folder, on_duplicate="skip"), SPEC, 0)
+    names = {f.path.relative_to(image_folder).as_posix() for f in data.files}
+    assert "cat/0.png" not in names and "dog/copy.png" not in names and len(names) == 11
+    assert "dropped 2 file(s): 1 image(s) stored under two labels" in capsys.readouterr().err
+
+
+def test_copies_within_a_class_never_straddle_two_splits(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(20):
+            write_image(tmp_path / cls / f"{i}.png", seed=hash((cls, i)) % 10_000)
+    for i in range(4):  # a burst of identical frames, as a camera writes them
+        shutil.copyfile(tmp_path / "a" / "3.png", tmp_path / "a" / f"3-copy{i}.png")
+    shutil.copyfile(tmp_path / "b" / "7.png", tmp_path / "b" / "7-copy.png")
+    for seed in range(12):
+        data = prepare(folder_cfg(tmp_path), SPEC, seed)
+        where = {part: {f"{data.files[i].path.parent.name}/{data.files[i].path.name.split('-')[0]}"
+                        for i in getattr(data.split, part)} for part in ("train", "val", "test")}
+        for name in ("a/3.png", "b/7.png"):
+            assert sum(name in names for names in where.values()) == 1, (seed, name, where)
+
+
+def test_oversized_file_is_refused_before_it_is_read_or_skipped(image_folder, monkeypatch):
+    with open(image_folder / "dog" / "huge.png", "wb") as f:
+        f.truncate(300 * 2**20)
+    clean_fp = fingerprint(folder_cfg(image_folder), SPEC, 0)  # hashes bytes: must not read 300 MiB either
+    data = prepare(folder_cfg(image_folder, on_bad_image="skip"), SPEC, 0)
+    assert data.skipped == [(str(image_folder / "dog" / "huge.png"), "it is 300 MiB, over the 256 MiB limit for one image")]
+    assert len(clean_fp) == 64
