@@ -18,8 +18,9 @@ from pipeline.errors import ConfigError
 
 
 class _Section(BaseModel):
-    # Unknown keys are typos far more often than intent: refuse them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos far more often than intent: refuse them. NaN / Inf (YAML .nan, .inf)
+    # pass every `ge` / `le` bound check that compares false, so they are refused outright.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SplitConfig(_Section):
@@ -41,6 +42,8 @@ class DatasetConfig(_Section):
     limit: int | None = Field(None, ge=8, description="use a stratified subset of this many images (quick runs)")
     split: SplitConfig = SplitConfig()
     on_bad_image: Literal["fail", "skip"] = "fail"
+    on_duplicate: Literal["error", "skip"] = Field(
+        "error", description="byte-identical images under two labels: stop, or drop every copy (with a warning)")
     mixed_sizes: Literal["error", "resize"] = Field(
         "error", description="images of differing sizes: stop, or resize each to the model input")
     allow_outside_root: bool = Field(
@@ -94,7 +97,7 @@ class FinetuneConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     warmup_epochs: int | None = Field(None, ge=0, description="head-only epochs on cached backbone features")
     epochs: int | None = Field(None, ge=0, description="full fine-tune epochs after the warm-up")
-    batch_size: int = Field(32, ge=2)
+    batch_size: int = Field(32, ge=2, le=4096)
     head_lr: float = Field(1e-3, gt=0)
     backbone_lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -155,20 +158,33 @@ class GateOverride(_Section):
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 
 
-class OnnxRuntimeTargetConfig(_Section):
+def _each_once(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"each precision may appear once; got {values}")
+    return values
+
+
+class _TargetSection(_Section):
+    @field_validator("precisions", check_fields=False)
+    @classmethod
+    def _each_precision_once(cls, precisions: list) -> list:
+        return _each_once(precisions)
+
+
+class OnnxRuntimeTargetConfig(_TargetSection):
     name: Literal["onnxruntime"]
     precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
     calibration_method: CalibrationMethod = "minmax"
     gates: GateOverride = GateOverride()
 
 
-class OpenVinoTargetConfig(_Section):
+class OpenVinoTargetConfig(_TargetSection):
     name: Literal["openvino"]
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "fp16", "int8"], min_length=1)
     gates: GateOverride = GateOverride()
 
 
-class TensorRtTargetConfig(_Section):
+class TensorRtTargetConfig(_TargetSection):
     name: Literal["tensorrt"]
     precisions: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16", "int8"], min_length=1)
     calibration_method: CalibrationMethod = "minmax"
@@ -185,10 +201,10 @@ def _default_targets() -> list:
 
 
 class VerifyConfig(_Section):
-    threads: int = Field(2, ge=1, description="CPU threads for every latency measurement")
+    threads: int = Field(2, ge=1, le=1024, description="CPU threads for every latency measurement")
     warmup: int = Field(10, ge=0, description="batch-1 runs discarded before timing")
-    runs: int = Field(100, ge=5, description="timed batch-1 runs (p50 / p95 / p99)")
-    throughput_batch: int = Field(32, ge=1)
+    runs: int = Field(100, ge=5, le=100_000, description="timed batch-1 runs (p50 / p95 / p99)")
+    throughput_batch: int = Field(32, ge=1, le=1024)
 
 
 class BundleConfig(_Section):
@@ -201,7 +217,7 @@ class BundleConfig(_Section):
 
 class BuildConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="split, training and calibration seed")
     output_dir: Path = Path("build")
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
@@ -209,7 +225,7 @@ class BuildConfig(_Section):
     export: ExportConfig = ExportConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     fallback: FallbackConfig = FallbackConfig()
-    targets: list[TargetConfig] = Field(default_factory=_default_targets)
+    targets: list[TargetConfig] = Field(default_factory=_default_targets, min_length=1)
     verify: VerifyConfig = VerifyConfig()
     gates: GateConfig = GateConfig()
     bundle: BundleConfig = BundleConfig()
@@ -249,12 +265,48 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key repeated in one mapping is an error: PyYAML keeps the last one
+    silently, so a second `gates:` block would replace the first and a strict gate would vanish."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: overriding merged keys is YAML
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML reports it as it does
+                continue
+            if first is not None:
+                raise ConfigError(f"{self.name}: key '{key}' appears twice in one section (lines {first} and "
+                                  f"{line}); the second would silently replace the first", "merge the two into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _check_collisions(cfg: BuildConfig, path: Path) -> None:
+    """Outputs must not land among the inputs: an output_dir inside an image folder becomes a class."""
+    if cfg.dataset.source != "imagefolder":
+        return  # elpv is read-only package data; a csv names its images, so nearby outputs are never read
+    root = cfg.dataset.root
+    for key, out in (("output_dir", cfg.output_dir), ("bundle.dist_dir", cfg.bundle.dist_dir)):
+        if out.is_relative_to(root):  # also when equal
+            raise ConfigError(f"{path}: {key} {out} is inside dataset.root {root}: the build's own files "
+                              "would be read as a class of images", f"move {key} outside {root}")
+
+
 def load_config(path: str | Path) -> BuildConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist", "pass the path of a build YAML such as examples/elpv.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open(encoding="utf-8") as f:  # a stream, so the loader's errors name the file
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (not UTF-8)", "pass the build YAML, e.g. examples/elpv.yaml") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -265,4 +317,6 @@ def load_config(path: str | Path) -> BuildConfig:
         cfg = BuildConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{path}: {_describe(e)}", "correct those keys; examples/elpv.yaml shows every section") from None
-    return _resolve_paths(cfg, path.resolve().parent)
+    cfg = _resolve_paths(cfg, path.resolve().parent)
+    _check_collisions(cfg, path)
+    return cfg

@@ -4,6 +4,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from tests.corpus import HOSTILE_CONFIGS
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "elpv.yaml"
 
@@ -66,3 +67,27 @@ def test_config_hash_changes_with_content(write_config):
     b = load_config(write_config({"name": "x", "seed": 1}, "b.yaml"))
     assert a.sha256() != b.sha256()
     assert a.sha256() == load_config(write_config({"name": "x"}, "c.yaml")).sha256()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CONFIGS))
+def test_hostile_config_is_refused_at_load_naming_the_key(tmp_path, name):
+    text, fragment = HOSTILE_CONFIGS[name]
+    path = tmp_path / "build.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
+    path = tmp_path / "build.yaml"
+    path.write_text("strict: &strict {min_agreement: 0.5}\nname: x\ngates:\n  <<: *strict\n  min_agreement: 0.9\n")
+    with pytest.raises(ConfigError, match="strict: unknown key"):  # merged fine; the anchor's own key is unknown
+        load_config(path)
+
+
+def test_a_binary_config_file_is_one_line(tmp_path):
+    path = tmp_path / "build.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x01binary")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(path)
