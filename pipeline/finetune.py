@@ -161,6 +161,18 @@ def _warmup_head(model, data: PreparedData, recipe: Recipe, device, gen, bar) ->
     return curve
 
 
+def one_cycle(opt: torch.optim.Optimizer, max_lrs: list[float], total_steps: int):
+    """OneCycle with a 25 % warm-up, valid for any number of steps.
+
+    torch's OneCycleLR divides by each phase's length in steps (pct_start * total - 1, then the
+    rest): at 4 steps the warm-up is zero steps long (ZeroDivisionError), below that negative. So
+    the warm-up takes at least 2 steps and the decay at least 1; under 3 steps the rate is constant."""
+    if total_steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    pct = min(max(0.25, 2 / total_steps), 1 - 1 / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=total_steps, pct_start=pct)
+
+
 def _train_mode(model: torch.nn.Module, batchnorm: str) -> None:
     model.train()
     if batchnorm == "frozen":
@@ -181,8 +193,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
     opt = torch.optim.AdamW([{"params": body_params, "lr": recipe.backbone_lr},
                              {"params": head_params, "lr": recipe.head_lr}], weight_decay=recipe.weight_decay)
     steps = -(-len(labels) // recipe.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[recipe.backbone_lr, recipe.head_lr],
-                                                total_steps=max(1, recipe.epochs * steps), pct_start=0.25)
+    sched = one_cycle(opt, [recipe.backbone_lr, recipe.head_lr], recipe.epochs * steps)
     weight = _class_weights(y_tr, len(data.classes), recipe.class_weighted_loss)
     weight = weight.to(device) if weight is not None else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")

@@ -49,3 +49,23 @@ def test_adapted_features_reestimate_batchnorm_statistics():
     assert feats.shape == (16, 1280) and not model.training
     assert not torch.equal(_batchnorms(model)[0].running_mean, before)
     assert all(bn.momentum == 0.1 for bn in _batchnorms(model))
+
+
+def test_one_cycle_schedule_is_valid_for_any_number_of_steps():
+    """torch's OneCycleLR divides by zero at 4 steps (a zero-length warm-up): e.g. `epochs: 2` with
+    33-64 train images. Every count must give finite positive rates that rise, then fall."""
+    from pipeline.finetune import one_cycle
+
+    for total in range(0, 60):
+        params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+        opt = torch.optim.AdamW([{"params": [params[0]], "lr": 1e-4}, {"params": [params[1]], "lr": 1e-3}])
+        sched = one_cycle(opt, [1e-4, 1e-3], total)
+        rates = []
+        for _ in range(total):
+            rates.append(opt.param_groups[1]["lr"])  # the rate this step trains with
+            opt.step()
+            sched.step()
+        assert all(0 < r <= 1e-3 * (1 + 1e-9) for r in rates), (total, rates)
+        if total >= 8:
+            peak = int(np.argmax(rates))
+            assert 0 < peak < total - 1 and rates[-1] < rates[peak] / 10, (total, rates)
