@@ -10,12 +10,12 @@ any point resumes at the first stage that did not complete.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from pipeline.config import BuildConfig
 from pipeline.console import console
+from pipeline.errors import EdgepipeError, MissingArtifactError
 from pipeline.manifest import Manifest, sweep_stale_temps
 
 STAGES = ("finetune", "export", "quantize", "verify", "report", "bundle")
@@ -51,7 +51,8 @@ class _Dataset:
         return self._data
 
 
-def _run_stage(stage: str, cfg: BuildConfig, ds: _Dataset, manifest: Manifest, state: dict, junit: Path | None) -> int:
+def _run_stage(stage: str, cfg: BuildConfig, ds: _Dataset, manifest: Manifest, state: dict, junit: Path | None,
+               sign_key: Path | None = None) -> int:
     """Run one stage; returns its exit code (only the report's can be non-zero)."""
     if stage == "finetune":
         from pipeline.finetune import run_finetune
@@ -74,22 +75,40 @@ def _run_stage(stage: str, cfg: BuildConfig, ds: _Dataset, manifest: Manifest, s
     elif stage == "report":
         from pipeline.report import run_report
 
-        results = state.get("results") or json.loads(manifest.output("verify", "results").read_text())
+        results = state.get("results") or manifest.read_json("verify", "results")
         return run_report(cfg, results, manifest, junit)
     elif stage == "bundle":
         from pipeline.bundle import run_bundle
 
-        run_bundle(cfg, manifest)
+        run_bundle(cfg, manifest, sign_key=sign_key)
     return 0
 
 
 def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = None, *,
-               incremental: bool = False, force_from: str | None = None) -> int:
+               incremental: bool = False, force_from: str | None = None, sign_key: Path | None = None) -> int:
     """Run `stages` (a subsequence of STAGES); returns the exit code (0, or 3 when a gate fails).
 
     incremental: skip each stage that is up to date (`edgepipe build`); otherwise every listed stage
-    runs (the single-stage commands). force_from: that stage and every later one run regardless."""
-    from pipeline.keys import stage_inputs, stage_key
+    runs (the single-stage commands), after checking that the earlier stages it builds on are
+    current. force_from: that stage and every later one run regardless. sign_key: an Ed25519
+    private key (PEM) that signs every bundle the bundle stage writes. The output dir is locked
+    for the whole run."""
+    from pipeline.ownership import build_lock, claim_dist
+
+    signer = None
+    if sign_key is not None and "bundle" in stages:  # a bad key fails now, not after the whole build
+        from runtime.signing import key_id, load_private_key
+
+        signer = key_id(load_private_key(sign_key).public_key())
+    with build_lock(cfg.output_dir):
+        if "bundle" in stages and cfg.bundle.enabled:  # before hours of work, not after
+            claim_dist(cfg.bundle.dist_dir / cfg.name, cfg.output_dir)
+        return _run_locked(cfg, stages, junit, incremental, force_from, sign_key, signer)
+
+
+def _run_locked(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None, incremental: bool,
+                force_from: str | None, sign_key: Path | None, signer: str | None) -> int:
+    from pipeline.keys import stage_inputs, stage_key, upstream_changes
     from pipeline.report import replay_report
 
     t0 = time.perf_counter()
@@ -97,6 +116,8 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     if removed := sweep_stale_temps(cfg.output_dir):
         console.print(f"removed {len(removed)} temp file(s) left by a killed build, e.g. {removed[0].name}")
     ds = _Dataset(cfg, manifest)
+    if not incremental:
+        _refuse_stale_upstream(cfg, stages, manifest, ds, upstream_changes)
     forced = set(stages[stages.index(force_from):]) if force_from in stages else set()
     state: dict = {}
     code, ran, current = 0, [], []
@@ -107,6 +128,9 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
             why = f"forced from {force_from}"
         else:
             why = manifest.stale_reason(stage, key, inputs) if incremental else "requested"
+        if why is None and stage == "bundle" and signer is not None:  # a signature is not a stage input
+            if any(b.get("signed_by") != signer for b in manifest.data["stages"]["bundle"].get("bundles", [])):
+                why = f"--sign: the bundles are not signed by key {signer}"
         if why is None:
             console.print(f"{stage}: up to date (key {key[:12]}…)")
             current.append(stage)
@@ -116,8 +140,14 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
         console.rule(f"[bold]{stage}")
         console.print(f"{stage}: running ({why}; key {key[:12]}…)")
         started = time.perf_counter()
-        manifest.begin_stage(stage, key)
-        rc = _run_stage(stage, cfg, ds, manifest, state, junit)
+        previous = manifest.begin_stage(stage, key)
+        try:
+            rc = _run_stage(stage, cfg, ds, manifest, state, junit, sign_key)
+        except EdgepipeError:
+            # Bad input (data, config, a missing artifact) found before the stage wrote anything:
+            # the stage was not interrupted, so the next run must not say it was.
+            manifest.abandon_stage(stage, previous)
+            raise
         code = rc if stage == "report" else code
         manifest.data.setdefault("stage_wall_s", {})[stage] = round(time.perf_counter() - started, 1)
         manifest.complete_stage(stage, key, inputs)
@@ -128,3 +158,17 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     manifest.save()
     console.print(f"done in {wall:.0f} s (ran: {', '.join(ran) or 'nothing'}); manifest: {manifest.path}")
     return code
+
+
+def _refuse_stale_upstream(cfg: BuildConfig, stages: tuple[str, ...], manifest: Manifest, ds: _Dataset,
+                           upstream_changes) -> None:
+    """A single-stage command runs on the outputs of the stages before it: refuse when one of those
+    no longer matches the config, the dataset or its own inputs (e.g. `edgepipe verify` after the
+    images changed would redraw the split and score the model on images it trained on)."""
+    first = STAGES.index(stages[0])
+    for upstream in STAGES[:first]:
+        changed = upstream_changes(upstream, cfg, manifest, STAGES, ds.fingerprint)
+        if changed:
+            raise MissingArtifactError(
+                f"`edgepipe {stages[0]}` would use {upstream} outputs that are out of date ({changed})",
+                f"run `edgepipe build` (it reruns {upstream} and every stage after it)")

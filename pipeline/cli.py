@@ -13,7 +13,7 @@ from typing import Callable
 
 import click
 
-from pipeline.errors import EdgepipeError
+from pipeline.errors import EdgepipeError, from_os_error
 
 
 def _guard(fn: Callable) -> Callable:
@@ -32,13 +32,22 @@ def _guard(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as e:  # full disk, read-only folder, a file where a folder should be
+            if debug or (user := from_os_error(e)) is None:
+                raise_as_bug(e, debug)
+            click.echo(f"error: {user}", err=True)
+            sys.exit(user.exit_code)
         except Exception as e:  # a bug, not a user error
-            if debug:
-                raise
-            click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
-            sys.exit(1)
+            raise_as_bug(e, debug)
 
     return wrapper
+
+
+def raise_as_bug(e: Exception, debug: bool) -> None:
+    if debug:
+        raise e
+    click.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +59,8 @@ def cli() -> None:
 CONFIG = click.argument("config", type=click.Path(dir_okay=False))
 JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
                      help="also write the gate results as JUnit XML to this file")
+SIGN = click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+                    help="sign every bundle with this Ed25519 private key (PEM); see README, Signed bundles")
 
 
 # Config commands run on the build machine; a field unit installs edgepipe[runtime] without these.
@@ -80,8 +91,9 @@ def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **opti
 @JUNIT
 @click.option("--force", "force_from", metavar="STAGE",
               help="rerun STAGE and every stage after it even if up to date (finetune: the whole build)")
+@SIGN
 @_guard
-def build(config: str, junit: Path | None, force_from: str | None) -> None:
+def build(config: str, junit: Path | None, force_from: str | None, sign_key: Path | None) -> None:
     """Run every stage of CONFIG that is not up to date; exit 3 if a gate fails.
 
     A stage is up to date when its inputs (config sections, upstream artifacts, dataset files,
@@ -90,7 +102,7 @@ def build(config: str, junit: Path | None, force_from: str | None) -> None:
 
     if force_from is not None and force_from not in STAGES:
         raise EdgepipeError(f"--force {force_from}: no such stage", f"choose one of: {', '.join(STAGES)}")
-    _run(config, STAGES, junit, incremental=True, force_from=force_from)
+    _run(config, STAGES, junit, incremental=True, force_from=force_from, sign_key=sign_key)
 
 
 @cli.command()
@@ -137,10 +149,11 @@ def report(config: str, junit: Path | None) -> None:
 
 @cli.command("bundle")
 @CONFIG
+@SIGN
 @_guard
-def bundle_(config: str) -> None:
+def bundle_(config: str, sign_key: Path | None) -> None:
     """Write a deploy bundle per verified artifact of CONFIG's last build (dist/<name>/<target>-<precision>/)."""
-    _run(config, ("bundle",))
+    _run(config, ("bundle",), sign_key=sign_key)
 
 
 # predict / bench / check / engine: the field-unit commands, which need no build tools.

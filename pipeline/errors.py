@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLI prints them as one line and exits with `exit_code`."""
 
+import errno
+
 
 class EdgepipeError(Exception):
     """A problem with the user's input or environment: says what is wrong and how to fix it."""
@@ -51,3 +53,31 @@ class CheckFailed(EdgepipeError):
     """A built artifact failed a check (parity, gates): the build ran but must not ship."""
 
     exit_code = 3
+
+
+class FileSystemError(EdgepipeError):
+    """The operating system refused a read or write (full disk, read-only, a file where a folder
+    should be): the environment's problem, not edgepipe's, so exit 2 with the path and the fix."""
+
+
+_FIXES = {
+    errno.ENOSPC: "free space on that disk and rerun: finished files are kept and the build resumes",
+    errno.EDQUOT: "free space within your quota and rerun: finished files are kept and the build resumes",
+    errno.EROFS: "choose an output path on a writable filesystem",
+    errno.EACCES: "make the path writable for this user, or choose another path",
+    errno.EPERM: "make the path writable for this user, or choose another path",
+    errno.ENOENT: "create the missing folder first, or correct the path",
+    errno.ENOTDIR: "a file stands where a folder is needed: correct the path or move the file",
+    errno.EEXIST: "something already exists at that path: remove it or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: correct the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def from_os_error(e: OSError) -> EdgepipeError | None:
+    """The one-line error for an OSError that names a path (None for one that does not: a bug)."""
+    if e.errno is None or e.filename is None:
+        return None
+    where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return FileSystemError(f"{where}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}",
+                           _FIXES.get(e.errno, "check the path, its permissions and the free disk space"))

@@ -108,3 +108,28 @@ def stage_inputs(stage: str, cfg: BuildConfig, manifest: Manifest, stages: tuple
 
 def stage_key(inputs: dict[str, str]) -> str:
     return digest(inputs)
+
+
+# Components that do not change what an upstream output means for the stages after it: a tool
+# upgrade or another machine reruns the stage in `edgepipe build`, but does not make its outputs
+# wrong to build on (report on another machine must still work).
+_ENVIRONMENT = {"key_format", "tools", "machine"}
+
+
+def upstream_changes(stage: str, cfg: BuildConfig, manifest: Manifest, stages: tuple[str, ...],
+                     dataset_fingerprint: Callable[[], str]) -> str | None:
+    """Why the recorded outputs of `stage` no longer fit this config and dataset, or None.
+
+    Stages never run, or recorded without input keys (older builds, test fixtures), have nothing
+    to compare: a missing output is reported by the stage that reads it."""
+    entry = manifest.data["stages"].get(stage)
+    if entry is None:
+        return None
+    if entry.get("status") == "running":
+        return f"the last run of {stage} was interrupted"
+    if entry.get("status") != "complete" or "inputs" not in entry:
+        return None
+    now = stage_inputs(stage, cfg, manifest, stages, dataset_fingerprint)
+    old = entry["inputs"]
+    changed = [k for k in sorted(set(now) | set(old)) if k not in _ENVIRONMENT and now.get(k) != old.get(k)]
+    return f"inputs changed since it ran: {', '.join(changed)}" if changed else None

@@ -19,6 +19,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from pipeline.backbones import sha256_file
 from pipeline.config import BuildConfig
 from pipeline.errors import MissingArtifactError
@@ -135,7 +137,7 @@ class Manifest:
     def open(cls, cfg: BuildConfig) -> "Manifest":
         out = cfg.output_dir
         path = out / "manifest.json"
-        data = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+        data = _read_manifest(path) if path.exists() else {"stages": {}}
         data.update({"name": cfg.name, "config_sha256": cfg.sha256(), "config": cfg.model_dump(mode="json"),
                      "tool_versions": tool_versions()})
         return cls(out, data)
@@ -144,10 +146,25 @@ class Manifest:
         self.data["dataset"] = summary
         self.save()
 
-    def begin_stage(self, stage: str, key: str) -> None:
+    def begin_stage(self, stage: str, key: str) -> dict | None:
         """Mark the stage running before it touches its outputs: if the build dies now, the next
-        run sees an interrupted stage, never the previous run's entry over half-replaced files."""
+        run sees an interrupted stage, never the previous run's entry over half-replaced files.
+        Returns the entry it replaced, for `abandon_stage`."""
+        previous = self.data["stages"].get(stage)
         self.data["stages"][stage] = {"status": "running", "key": key, "started": _now()}
+        self.save()
+        return previous
+
+    def abandon_stage(self, stage: str, previous: dict | None) -> None:
+        """The stage stopped on bad input. If it recorded nothing, put back the entry it replaced:
+        its outputs were written atomically, so any it did replace fail their recorded hash and
+        the stage reruns; a recorded entry stays (its run did not complete)."""
+        if self.data["stages"].get(stage, {}).get("status") != "running":
+            return
+        if previous is None:
+            del self.data["stages"][stage]
+        else:
+            self.data["stages"][stage] = previous
         self.save()
 
     def record_stage(self, stage: str, outputs: dict[str, Path], metrics: dict, **extra) -> None:
@@ -207,6 +224,52 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+    def read_json(self, stage: str, name: str):
+        """A recorded JSON output of an earlier stage, hash-checked and parsed."""
+        return read_json(self.output(stage, name), f"the {stage} stage's {name}")
+
+
+def read_json(path: Path, what: str, fix: str = "rerun the stage that wrote it (`edgepipe build --force STAGE`)"):
+    """Parse a JSON file edgepipe wrote; a damaged one is a one-line error with the fix."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MissingArtifactError(f"{path} ({what}) is damaged: not valid JSON ({e})", fix) from None
+
+
+class _OutputRecord(BaseModel):
+    path: str
+    sha256: str | None
+
+
+class _StageRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str
+    key: str | None = None
+    outputs: dict[str, _OutputRecord] = {}
+    inputs: dict[str, str] = {}
+    bundles: list[dict] = []
+
+
+class _ManifestRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    stages: dict[str, _StageRecord]
+
+
+def _read_manifest(path: Path) -> dict:
+    """manifest.json as a dict, refused in one line when it is not the shape edgepipe writes
+    (a hand edit, a bad merge): the stages' bookkeeping must never be guessed."""
+    fix = f"move it aside (mv {path} {path}.bad) and run `edgepipe build`: every stage reruns"
+    data = read_json(path, "the build manifest", fix) if path.is_file() else None
+    if data is None:
+        raise MissingArtifactError(f"{path} is not a file", fix)
+    try:
+        _ManifestRecord.model_validate(data)
+    except ValidationError as e:
+        where = ".".join(str(p) for p in e.errors()[0]["loc"]) or "(top level)"
+        raise MissingArtifactError(f"{path} is damaged: {where}: {e.errors()[0]['msg']}", fix) from None
+    return data
 
 
 def _now() -> str:

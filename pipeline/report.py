@@ -16,7 +16,6 @@ report.json, schema "edgepipe-report/1":
 from __future__ import annotations
 
 import datetime as dt
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -169,7 +168,7 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
 def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
     """The report stage is up to date: show the stored report again, write JUnit if asked, and
     return its exit code, so an incremental build exits as the full one did."""
-    report = json.loads(manifest.output("report", "report_json").read_text())
+    report = manifest.read_json("report", "report_json")
     if junit is not None:
         write_junit(junit.resolve(), report)
     _announce(report)

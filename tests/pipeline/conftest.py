@@ -1,6 +1,6 @@
 """A tiny build killed with SIGKILL at four stages and resumed: the evidence for test_resume.py,
-and, once resumed, the finished build test_incremental.py starts from (one build for both:
-an export alone costs ~15 s)."""
+and, once resumed, the finished build that test_incremental.py and the guard tests start from
+(one build for all: an export alone costs ~15 s)."""
 
 import json
 import os
@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -51,3 +53,42 @@ def resumed_build(tmp_path_factory):
             break  # test_resume reports it; the runs after it would only repeat the failure
     final = CliRunner().invoke(cli, ["build", str(config)])
     return {"root": root, "config": config, "runs": runs, "final": final, **snapshot(root / "out")}
+
+
+CORE = ("finetune", "export", "quantize", "verify", "report")
+
+
+def build(cfg, *args):
+    return CliRunner().invoke(cli, ["build", str(cfg), *map(str, args)])
+
+
+def manifest(root):
+    return json.loads((root / "out" / "manifest.json").read_text())
+
+
+def ran(root):
+    return [s for s in manifest(root)["last_run"]["ran"] if s in CORE]
+
+
+@pytest.fixture(scope="module")
+def base(resumed_build, tmp_path_factory):
+    assert resumed_build["final"].exit_code == 0, resumed_build["final"].output
+    root = tmp_path_factory.mktemp("incremental") / "p"
+    shutil.copytree(resumed_build["root"], root)
+    result = build(root / "build.yaml")
+    assert result.exit_code == 0, result.output
+    # Moved to another folder: only what records absolute paths (the report's config hash) reruns.
+    assert ran(root) == ["report"]
+    return root
+
+
+@pytest.fixture
+def project(base, tmp_path):
+    """A private copy of the built project (data, config, outputs) to change."""
+    root = tmp_path / "p"
+    shutil.copytree(base, root)
+
+    def configure(**changes):
+        return write_tiny_project(root, **changes)
+
+    return root, configure

@@ -6,7 +6,6 @@ Every test starts from a copy of the build that test_resume's fixture finished.
 """
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -15,46 +14,7 @@ import pipeline.data
 from pipeline.backbones import sha256_file
 from pipeline.build import STAGES
 from pipeline.cli import cli
-from tests.conftest import write_tiny_project
-
-CORE = ("finetune", "export", "quantize", "verify", "report")
-
-
-def build(cfg, *args):
-    return CliRunner().invoke(cli, ["build", str(cfg), *map(str, args)])
-
-
-def manifest(root):
-    return json.loads((root / "out" / "manifest.json").read_text())
-
-
-def ran(root):
-    return [s for s in manifest(root)["last_run"]["ran"] if s in CORE]
-
-
-@pytest.fixture(scope="module")
-def base(resumed_build, tmp_path_factory):
-    assert resumed_build["final"].exit_code == 0, resumed_build["final"].output
-    root = tmp_path_factory.mktemp("incremental") / "p"
-    shutil.copytree(resumed_build["root"], root)
-    result = build(root / "build.yaml")
-    assert result.exit_code == 0, result.output
-    # Moved to another folder: only what records absolute paths (the report's config hash) reruns.
-    assert ran(root) == ["report"]
-    return root
-
-
-@pytest.fixture
-def project(base, tmp_path):
-    """A private copy of the built project (data, config, outputs) to change."""
-    root = tmp_path / "p"
-    shutil.copytree(base, root)
-
-    def configure(**changes):
-        return write_tiny_project(root, **changes)
-
-    return root, configure
-
+from tests.pipeline.conftest import CORE, build, manifest, ran
 
 @pytest.fixture
 def no_decoding(monkeypatch):
