@@ -10,6 +10,9 @@ bundles are written even where TensorRT is missing: they are what goes to the Je
 says whether their accuracy was verified through the ONNX Runtime proxy or not at all.
 Each folder and archive appears under its final name only when complete (temp + rename), and
 dist/<name>/ holds only this build's bundles: a stale one from an earlier build is removed.
+With a signing key (`--sign KEY`, an Ed25519 PEM private key) each bundle also gets bundle.sig
+(runtime/signing.py), written before the rename and so inside the archive too; the key is
+checked before any bundle is written, so a bad key leaves the previous bundles as they were.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pipeline.console import console
 from pipeline.errors import MissingArtifactError
 from pipeline.manifest import TMP_MARK, Manifest, atomic_output
 from pipeline.quantize import recorded_artifacts
-from runtime.bundle import MANIFEST, SCHEMA, TRT_DEVICE_FILES, file_entry
+from runtime.bundle import MANIFEST, SCHEMA, SIGNATURE, TRT_DEVICE_FILES, canonical_meta, file_entry, seal
 from targets.base import Artifact
 
 MODEL_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino-ir", "tensorrt": "onnx for TensorRT (engine built on the device)"}
@@ -143,16 +146,21 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bundle(final: Path, files: list[Path], meta: dict) -> Path:
-    """Copy files into a temp folder, hash the copies into bundle.json, then rename into place."""
+def write_bundle(final: Path, files: list[Path], meta: dict, sign_key=None) -> Path:
+    """Copy files into a temp folder, hash the copies into bundle.json (sealed with the digest of its
+    own content), sign it when sign_key (an Ed25519PrivateKey) is given, then rename into place."""
     tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         for f in files:
             shutil.copy2(f, tmp / f.name)  # copy2 keeps build_engine.sh executable
-        meta = {**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}}
+        meta = seal({**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}})
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
+        if sign_key is not None:
+            from runtime.signing import sign
+
+            (tmp / SIGNATURE).write_text(json.dumps(sign(sign_key, canonical_meta(meta)), indent=2) + "\n")
         _replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,13 +208,20 @@ def _check_order(manifest: Manifest) -> None:
                                        "rerun `edgepipe verify` (or `edgepipe build`) before bundling")
 
 
-def run_bundle(cfg: BuildConfig, manifest: Manifest) -> list[Path]:
+def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = None) -> list[Path]:
     t0 = time.perf_counter()
+    signing = signer = None
+    if sign_key is not None:  # first: a bad key must fail before any bundle is rewritten
+        from runtime.signing import key_id, load_private_key
+
+        signing = load_private_key(sign_key)
+        signer = key_id(signing.public_key())
+        console.print(f"signing bundles with {sign_key} (key id {signer})")
     if not cfg.bundle.enabled:
         console.print("bundles disabled (bundle.enabled: false)")
         return []
-    report = json.loads(manifest.output("report", "report_json").read_text())
-    results = json.loads(manifest.output("verify", "results").read_text())
+    report = manifest.read_json("report", "report_json")
+    results = manifest.read_json("verify", "results")
     _check_order(manifest)
     rows = {r["name"]: r for r in report["rows"]}
     dist = cfg.bundle.dist_dir / cfg.name
@@ -221,10 +236,10 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest) -> list[Path]:
             continue
         model, files = bundle_files(a)
         meta = bundle_meta(cfg, manifest, report, results, a, rows, model)
-        folder = write_bundle(dist / key, files, meta)
+        folder = write_bundle(dist / key, files, meta, sign_key=signing)
         keep.add(key)
         entry = {"artifact": key, "path": str(folder), "verified": meta["verified"]["how"],
-                 "gates_passed": meta["gates"]["passed"]}
+                 "gates_passed": meta["gates"]["passed"], "signed_by": signer}
         if cfg.bundle.archive:
             archive, digest = write_archive(folder, dist / f"{cfg.name}-{key}.tar.gz", f"{cfg.name}-{key}")
             keep |= {archive.name, archive.name + ".sha256"}
@@ -233,7 +248,8 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest) -> list[Path]:
         note = {"measured": "", "proxy": " (accuracy verified via the ONNX Runtime proxy)",
                 "none": f" (accuracy NOT verified: {a.reason})"}[meta["verified"]["how"]]
         gate = "" if meta["gates"]["passed"] is not False else " [red]gates FAILED: do not ship[/]"
-        console.print(f"  {key:<28} [green]bundle[/] {folder}{note}{gate}")
+        signed = f" (signed, key id {signer})" if signer else ""
+        console.print(f"  {key:<28} [green]bundle[/] {folder}{signed}{note}{gate}")
     for name in _remove_stale(dist, cfg.name, keep):
         console.print(f"  removed stale {dist / name} (not produced by this build)")
     manifest.record_stage("bundle", {}, {"bundles": len(written), "skipped": skipped},

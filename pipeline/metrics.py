@@ -6,15 +6,26 @@ import numpy as np
 
 
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, classes) -> dict:
+    """Top-1 accuracy, macro F1, per-class recall and the confusion matrix (rows: true, columns: predicted).
+
+    per_class_recall[c] is None (JSON null) for a class with no true samples: its recall is
+    undefined, not 0 (a labelled folder that lacks a class says nothing about that class).
+    macro_f1 is the mean F1 over the classes that have true samples or predictions (the classes
+    "present", as scikit-learn's default): a class absent from both counts for nothing, a class
+    only predicted (all false positives) counts with F1 0. None when no class is present (no samples).
+    """
     n = len(classes)
     confusion = np.zeros((n, n), dtype=np.int64)  # rows: true class, columns: predicted
     np.add.at(confusion, (labels, pred), 1)
     tp = np.diag(confusion).astype(np.float64)
-    recall = tp / np.maximum(confusion.sum(1), 1)
-    precision = tp / np.maximum(confusion.sum(0), 1)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    recall = tp / np.maximum(support, 1)
+    precision = tp / np.maximum(predicted, 1)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    return {"accuracy": float((pred == labels).mean()), "macro_f1": float(f1.mean()),
-            "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
+    present = (support > 0) | (predicted > 0)
+    return {"accuracy": float((pred == labels).mean()),
+            "macro_f1": float(f1[present].mean()) if present.any() else None,
+            "per_class_recall": {c: float(r) if s else None for c, r, s in zip(classes, recall, support)},
             "confusion": confusion.tolist()}
 
 

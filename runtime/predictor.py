@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.backbones import sha256_file
 from pipeline.errors import BackendMissing, BundleError, ImageError
-from pipeline.preprocess import DECODE_ERRORS, decode_image, from_array
+from pipeline.preprocess import DECODE_ERRORS, UnreadableFile, decode_image, from_array, read_image_bytes
 from runtime.bundle import Bundle, load_bundle
 from targets.base import Runner
 
@@ -105,10 +105,16 @@ def _engine_plan(bundle: Bundle) -> Path:
 
 
 def read_image(path: str | Path) -> Image.Image:
+    """A decoded image from a file; ImageError (one line, naming the path) for anything unusable.
+
+    The bytes come from read_image_bytes: a folder, device (/dev/zero), FIFO or socket, or a file
+    over MAX_IMAGE_BYTES is refused before it is read, so no input can block or exhaust memory."""
     try:
-        return decode_image(Path(path).read_bytes())
-    except DECODE_ERRORS as e:  # missing, truncated, not an image
-        if isinstance(e, UnidentifiedImageError):
+        return decode_image(read_image_bytes(path))
+    except DECODE_ERRORS as e:  # missing, truncated, not an image, not a regular file, too large
+        if isinstance(e, UnreadableFile):  # str(): the reason, e.g. "it is a folder"
+            why = str(e)
+        elif isinstance(e, UnidentifiedImageError):
             why = "not an image format PIL can read"
         elif isinstance(e, OSError) and e.strerror:
             why = e.strerror
@@ -122,11 +128,18 @@ class Predictor:
 
     The bundle's sha256 values are checked before anything runs. One input gives a Prediction; a
     list (or an NxHxWxC array) gives a list, run in batches of `batch_size`.
+
+    trusted_key: a public key (PEM file path, PEM or raw bytes, Ed25519PublicKey) or a list of
+    them (key rotation): the bundle must then be signed by one of them (runtime/signing.py), else
+    BundleError. A Bundle passed in is checked again from its folder when trusted_key is given.
     """
 
     def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, batch_size: int = 8,
-                 proxy: bool = False):
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+                 proxy: bool = False, trusted_key=None):
+        if isinstance(bundle, Bundle) and trusted_key is None:
+            self.bundle = bundle
+        else:
+            self.bundle = load_bundle(bundle.root if isinstance(bundle, Bundle) else bundle, trusted_keys=trusted_key)
         self.spec, self.labels = self.bundle.spec, self.bundle.labels
         self.threads = threads or self.bundle.method("threads", 2)
         self.runner = make_runner(self.bundle, self.threads, proxy).activate()

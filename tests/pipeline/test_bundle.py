@@ -96,3 +96,63 @@ def test_refuses_to_bundle_when_the_report_predates_the_artifacts(tiny_build):
     data["stages"]["verify"]["finished"] = "2000-01-01T00:00:00+00:00"
     with pytest.raises(MissingArtifactError, match="verify results are older than the quantize outputs"):
         run_bundle(tiny_build["cfg"], Manifest(tiny_build["manifest"].out_dir, data))
+
+
+# -- signing (--sign KEY): see tests/runtime/test_signing.py for the device side ------------------
+def _bad_keys(folder):
+    """name -> a --sign KEY that must be refused before any bundle is touched."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    pem = serialization.Encoding.PEM
+    good = ed25519.Ed25519PrivateKey.generate()
+    keys = {
+        "missing.key": None,
+        "text.key": b"not a key\n",
+        "encrypted.key": good.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")),
+        "rsa.key": rsa.generate_private_key(65537, 2048).private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                                      serialization.NoEncryption()),
+        "public.key": good.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
+    }
+    for name, data in keys.items():
+        if data is not None:
+            (folder / name).write_bytes(data)
+    return {name: folder / name for name in keys}
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("missing.key", "does not exist"), ("text.key", "is not a PEM private key"),
+    ("encrypted.key", "is encrypted: edgepipe signs with an unencrypted key"),
+    ("rsa.key", "is an RSA key, not Ed25519"), ("public.key", "is a public key: signing needs the private key"),
+])
+def test_a_bad_signing_key_fails_in_one_line_before_any_bundle_is_rewritten(tiny_build, tmp_path, name, fragment):
+    from runtime.signing import KeyFileError
+    from tests.runtime.test_signing import sign_tiny_build
+
+    cfg, manifest, dist = sign_tiny_build(tiny_build, tmp_path, key_path=None)  # a private copy, unsigned
+    before = {p: p.read_bytes() for p in sorted(dist.rglob("*")) if p.is_file()}
+    stage_before = copy.deepcopy(manifest.data["stages"]["bundle"])
+    with pytest.raises(KeyFileError) as e:
+        run_bundle(cfg, manifest, sign_key=_bad_keys(tmp_path)[name])
+    assert fragment in str(e.value) and "\n" not in str(e.value) and e.value.exit_code == 2
+    assert {p: p.read_bytes() for p in sorted(dist.rglob("*")) if p.is_file()} == before, "bundles unchanged"
+    assert manifest.data["stages"]["bundle"] == stage_before
+
+
+def test_signed_bundles_carry_bundle_sig_and_unsigned_ones_do_not(tiny_build, tmp_path):
+    from runtime.signing import generate_key_files
+    from tests.runtime.test_signing import sign_tiny_build
+
+    assert not list(tiny_build["dist"].rglob("bundle.sig"))
+    kid = generate_key_files(tmp_path / "release.key")
+    _, manifest, dist = sign_tiny_build(tiny_build, tmp_path / "copy", tmp_path / "release.key")
+    folders = sorted(p for p in dist.iterdir() if p.is_dir())
+    assert len(folders) == 5 and all((f / "bundle.sig").is_file() for f in folders)
+    for f in folders:
+        assert load_bundle(f, trusted_keys=tmp_path / "release.key.pub").signed_by == kid
+        assert {p.name for p in f.iterdir()} == set(json.loads((f / "bundle.json").read_text())["files"]) | {
+            "bundle.json", "bundle.sig"}
+    with tarfile.open(dist / "tiny-onnxruntime-int8.tar.gz") as tar:
+        assert "tiny-onnxruntime-int8/bundle.sig" in tar.getnames()
+    assert {b["signed_by"] for b in manifest.data["stages"]["bundle"]["bundles"]} == {kid}

@@ -1,12 +1,17 @@
 """Integrity: a bundle runs only as the build wrote it."""
 
+import hashlib
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.errors import BundleError
 from runtime import Predictor
-from runtime.bundle import load_bundle
+from runtime.bundle import canonical_meta, load_bundle, seal
+from tests.corpus import DAMAGED_BUNDLE_META
+from tests.pipeline.test_cli import one_line_error
 
 
 def test_intact_bundle_loads(bundle_copy):
@@ -62,3 +67,70 @@ def test_bundle_of_another_schema_is_refused(bundle_copy):
     (folder / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="schema 'edgepipe-bundle/99'"):
         load_bundle(folder)
+
+
+# -- bundle.json is covered by its own digest, and validated ------------------------------------
+def _edit_meta(folder, edit):
+    meta = json.loads((folder / "bundle.json").read_text())
+    edit(meta)
+    (folder / "bundle.json").write_text(json.dumps(meta, indent=2))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(labels=m["labels"][::-1]),  # swapped labels: every prediction flips
+    lambda m: m["preprocess"].update(mean=[0.4, 0.5, 0.5]),
+    lambda m: m["preprocess"].update(image_size=m["preprocess"]["image_size"] * 2),
+    lambda m: m["verified"].update(accuracy=0.99),
+], ids=["labels-swapped", "preprocess-mean", "image-size", "verified-accuracy"])
+def test_edited_metadata_is_refused(bundle_copy, edit):
+    folder = bundle_copy()
+    _edit_meta(folder, edit)
+    with pytest.raises(BundleError) as e:
+        Predictor(folder)
+    assert "bundle.json was changed after the build" in str(e.value) and "\n" not in str(e.value)
+    assert "copy the bundle again from its .tar.gz release asset" in str(e.value) and e.value.exit_code == 2
+
+
+def test_integrity_digest_is_of_the_canonical_json_minus_itself(bundle_copy):
+    meta = json.loads((bundle_copy() / "bundle.json").read_text())
+    body = {k: v for k, v in meta.items() if k != "integrity"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert meta["schema"] == "edgepipe-bundle/2"
+    assert meta["integrity"] == {"meta_sha256": hashlib.sha256(canonical).hexdigest()}
+    assert canonical_meta(meta) == canonical and seal(body) == meta
+
+
+def test_bundle_of_the_older_schema_says_to_rebuild(bundle_copy):
+    folder = bundle_copy()
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["schema"] = "edgepipe-bundle/1"  # as an older edgepipe wrote it: no integrity digest
+    del meta["integrity"]
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError) as e:
+        load_bundle(folder)
+    assert "schema 'edgepipe-bundle/1'" in str(e.value) and "this edgepipe reads 'edgepipe-bundle/2'" in str(e.value)
+    assert "install the edgepipe version that built the bundle, or rebuild it" in str(e.value)
+    assert "`edgepipe bundle CONFIG`" in str(e.value)
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_BUNDLE_META))
+def test_damaged_bundle_json_is_one_line_naming_the_key(bundle_copy, tiny_build, case):
+    damage, fragment = DAMAGED_BUNDLE_META[case]
+    folder = bundle_copy()
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta = damage(meta) or meta
+    try:
+        meta = seal(meta)  # a fresh digest: only the structure check can refuse it
+        meta = damage(meta) or meta  # again (idempotent): a damaged "integrity" stays damaged
+    except (AttributeError, ValueError):  # a list, or NaN (not JSON): the digest cannot be computed
+        pass
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    for args in (("predict", folder, min(tiny_build["images"].rglob("*.png"))), ("check", folder, tiny_build["images"]),
+                 ("bench", folder)):
+        result = _invoke(*args)
+        one_line_error(result, 2, fragment)
+        assert "internal error" not in result.output and result.stderr.count("\n") == 1, result.stderr

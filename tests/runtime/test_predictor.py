@@ -9,8 +9,11 @@ from PIL import Image
 
 from pipeline.errors import BackendMissing, BundleError, ImageError
 from runtime import Predictor
+from runtime.bundle import seal
 from runtime.evaluate import check
+from runtime.predictor import read_image
 from tests.conftest import TINY_SPEC, _images
+from tests.corpus import HOSTILE_PREDICT_INPUTS
 
 
 @pytest.mark.parametrize("name, proxy", [("onnxruntime-fp32", False), ("onnxruntime-int8", False),
@@ -99,6 +102,30 @@ def test_labels_that_do_not_fit_the_model_are_refused(bundle_copy):
     folder = bundle_copy()
     meta = json.loads((folder / "bundle.json").read_text())
     meta["labels"].append("third")
-    (folder / "bundle.json").write_text(json.dumps(meta))
+    (folder / "bundle.json").write_text(json.dumps(seal(meta)))  # as if built so: re-sealed
     with pytest.raises(BundleError, match="2 outputs for 3 labels"):
         Predictor(folder)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_PREDICT_INPUTS))
+def test_read_image_refuses_what_is_not_a_sane_image_file_before_reading_it(tmp_path, case):
+    """A FIFO (would block), /dev/zero (endless), a sparse 300 MiB file, a folder: one ImageError
+    that names the path, at once; the bytes are never read (no MemoryError, no hang)."""
+    import signal
+
+    make, fragment = HOSTILE_PREDICT_INPUTS[case]
+    path = make(tmp_path)
+
+    def hung(*_):
+        raise AssertionError(f"read_image({path}) still running after 30 s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(ImageError) as e:
+            read_image(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert e.value.problem.startswith(f"cannot read image {path}: it ")
+    assert fragment in e.value.problem and "\n" not in e.value.problem
