@@ -102,7 +102,7 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
         signer = key_id(load_private_key(sign_key).public_key())
     with build_lock(cfg.output_dir):
         if "bundle" in stages and cfg.bundle.enabled:  # before hours of work, not after
-            claim_dist(cfg.bundle.dist_dir / cfg.name, cfg.output_dir)
+            claim_dist(cfg.bundle.dist_dir / cfg.name, cfg.output_dir, cfg.name)
         return _run_locked(cfg, stages, junit, incremental, force_from, sign_key, signer)
 
 

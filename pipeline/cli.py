@@ -77,6 +77,10 @@ def _require_build_tools() -> None:
 
 
 def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **options) -> None:
+    if junit is not None:  # before hours of work, and before a typo overwrites the config or an image
+        from runtime.cli import refuse_foreign_output
+
+        refuse_foreign_output(junit, "--junit", "a JUnit XML report", (b"<?xml", b"<testsuite"), devices_ok=False)
     _require_build_tools()
     from pipeline.build import run_stages
     from pipeline.config import load_config

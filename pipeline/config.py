@@ -216,7 +216,7 @@ class BundleConfig(_Section):
 
 
 class BuildConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # file names are built from it
     seed: int = Field(0, ge=0, lt=2**32, description="split, training and calibration seed")
     output_dir: Path = Path("build")
     dataset: DatasetConfig = DatasetConfig()
@@ -288,10 +288,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _check_collisions(cfg: BuildConfig, path: Path) -> None:
-    """Outputs must not land among the inputs: an output_dir inside an image folder becomes a class."""
+    """Outputs must not land among the inputs: an output_dir inside an image folder becomes a class,
+    and the bundle folder <dist_dir>/<name> replaces and deletes what it holds."""
+    bundles = cfg.bundle.dist_dir / cfg.name
+    if cfg.dataset.source == "elpv":
+        return  # read-only package data
+    root = cfg.dataset.root if cfg.dataset.root is not None else cfg.dataset.csv.parent
+    if root.is_relative_to(bundles):  # also when equal
+        raise ConfigError(f"{path}: the bundle folder {bundles} (bundle.dist_dir / name) holds the dataset root "
+                          f"{root}: bundling would replace or delete images", "choose another bundle.dist_dir or name")
     if cfg.dataset.source != "imagefolder":
-        return  # elpv is read-only package data; a csv names its images, so nearby outputs are never read
-    root = cfg.dataset.root
+        return  # a csv names its images, so outputs beside them are never read
     for key, out in (("output_dir", cfg.output_dir), ("bundle.dist_dir", cfg.bundle.dist_dir)):
         if out.is_relative_to(root):  # also when equal
             raise ConfigError(f"{path}: {key} {out} is inside dataset.root {root}: the build's own files "

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.config import DatasetConfig, SplitConfig
-from pipeline.console import progress
+from pipeline.console import console, progress
 from pipeline.errors import DataError
 from pipeline.preprocess import (DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, UnreadableFile, decode_image,
                                  read_image_bytes)
@@ -39,6 +39,7 @@ class Catalog:
     files: tuple[LabelledFile, ...]
     root: Path
     duplicate_rows: tuple[str, ...] = ()  # csv: "file:line" of rows that repeat an earlier row
+    hidden_folders: tuple[str, ...] = ()  # imagefolder: ".name" folders holding images, not read as classes
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,15 @@ def _imagefolder_catalog(cfg: DatasetConfig) -> Catalog:
     if not classes:
         raise DataError(f"dataset.root {root} has no class sub-folders",
                         "arrange images as root/<class_name>/*.png")
-    return Catalog(tuple(classes), tuple(files), root)
+    hidden = tuple(p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith(".")
+                   and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*")))
+    return Catalog(tuple(classes), tuple(files), root, hidden_folders=hidden)
 
 
-def _csv_catalog(cfg: DatasetConfig) -> Catalog:
-    path = cfg.csv
-    if not path.is_file():
-        raise DataError(f"dataset.csv {path} does not exist", "point dataset.csv at a file with path,label columns")
-    root = (cfg.root or path.parent).resolve()
-    with path.open(newline="") as f:
+def _csv_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line, path, label) per row. utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark,
+    which would otherwise become part of the first column's name."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise DataError(f"{path} must have a header with `path` and `label` columns",
@@ -140,6 +141,20 @@ def _csv_catalog(cfg: DatasetConfig) -> Catalog:
                 raise DataError(f"{path}:{reader.line_num}: the row has no path or no label",
                                 "fill in both columns or remove the row")
             rows.append((reader.line_num, rel, label))
+    return rows
+
+
+def _csv_catalog(cfg: DatasetConfig) -> Catalog:
+    path = cfg.csv
+    if not path.is_file():
+        raise DataError(f"dataset.csv {path} {'is not a file' if path.exists() else 'does not exist'}",
+                        "point dataset.csv at a file with path,label columns")
+    root = (cfg.root or path.parent).resolve()
+    try:
+        rows = _csv_rows(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})",
+                        "save it as UTF-8 (Excel: CSV UTF-8)") from None
     # One row per image: a repeated row is dropped (it would land in two splits); the same
     # image under two labels is an error, as there is no telling which one is right.
     first: dict[Path, tuple[int, str]] = {}
@@ -263,12 +278,15 @@ def _why_unreadable(e: Exception, data: bytes | None) -> str:
 
 def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData:
     cat, files = select_files(cfg, seed)
+
     if cat.duplicate_rows:
-        from pipeline.console import console
         console.print(f"[yellow]ignored {len(cat.duplicate_rows)} duplicate csv row(s) (same image, same label); "
                       f"first: {cat.duplicate_rows[0]}")
+    if cat.hidden_folders:
+        console.print(f"[yellow]not read as classes (hidden: the name starts with a dot): {', '.join(cat.hidden_folders)}; "
+                      "rename a folder without the dot to use it as a class")
 
-    images, kept, skipped, contents, sizes = [], [], [], [], Counter()
+    images, kept, skipped, contents, sizes, first_of_size = [], [], [], [], Counter(), {}
     digest = hashlib.sha256()
     with progress() as bar:
         task = bar.add_task("load images", total=len(files), status="")
@@ -289,16 +307,17 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
                 skipped.append((str(f.path), reason))
                 continue
             sizes[image.size] += 1
-            if cfg.mixed_sizes == "error" and len(sizes) > 1:
-                common = sizes.most_common(1)[0][0]
-                odd = image.size if image.size != common else next(s for s in sizes if s != common)
-                raise DataError(f"images differ in size: {f.path} is {odd[0]}x{odd[1]}, others {common[0]}x{common[1]}",
-                                "make them one size, or set dataset.mixed_sizes: resize to resize each to the input")
+            first_of_size.setdefault(image.size, f.path)
             images.append(spec.to_rgb8(image))
             kept.append(f)
             contents.append(hashlib.sha256(data).digest())
+    if cfg.mixed_sizes == "error" and len(sizes) > 1:
+        # named once every size is counted: the odd one out is the rarest, wherever it came in the order
+        (common, n_common), (odd, n_odd) = sizes.most_common(1)[0], sizes.most_common()[-1]
+        raise DataError(f"images differ in size: {first_of_size[odd]} is {odd[0]}x{odd[1]} ({n_odd} image(s) of that "
+                        f"size), {n_common} others are {common[0]}x{common[1]}, e.g. {first_of_size[common]}",
+                        "make them one size, or set dataset.mixed_sizes: resize to resize each to the input")
     if skipped:
-        from pipeline.console import console
         console.print(f"[yellow]skipped {len(skipped)} unreadable image(s); first: {skipped[0][0]} ({skipped[0][1]})")
 
     keep, groups = _resolve_duplicates(cat, kept, contents, cfg)
@@ -329,8 +348,6 @@ def _resolve_duplicates(cat: Catalog, files: list[LabelledFile], contents: list[
     The same bytes under two labels cannot both be right: an error, or with on_duplicate: skip
     every copy is dropped. Copies within one class are kept, grouped so the split keeps them
     together (one in train and one in test would be a leak)."""
-    from pipeline.console import console
-
     first: dict[bytes, int] = {}
     groups = np.array([first.setdefault(c, i) for i, c in enumerate(contents)], dtype=np.int64)
     labels_of: dict[int, set[int]] = {}

@@ -74,10 +74,15 @@ _FIXES = {
 }
 
 
+# Whatever path they happen on, these are the machine's state, never a bug.
+_ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def from_os_error(e: OSError) -> EdgepipeError | None:
-    """The one-line error for an OSError that names a path (None for one that does not: a bug)."""
-    if e.errno is None or e.filename is None:
+    """The one-line error for an OSError that names a path or is a full or read-only disk (None
+    for any other: a bug)."""
+    if e.errno is None or (e.filename is None and e.errno not in _ENVIRONMENT):
         return None
-    where = e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    where = "a write" if e.filename is None else e.filename if e.filename2 is None else f"{e.filename} -> {e.filename2}"
     return FileSystemError(f"{where}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}",
                            _FIXES.get(e.errno, "check the path, its permissions and the free disk space"))

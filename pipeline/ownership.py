@@ -66,16 +66,19 @@ def build_lock(output_dir: Path):
         os.close(fd)  # releases the flock; the file stays, so a waiting build never races its removal
 
 
-def claim_dist(dist: Path, output_dir: Path) -> None:
-    """Refuse to bundle into <dist_dir>/<name> when another output dir's build owns it; else own it.
+def claim_dist(dist: Path, output_dir: Path, name: str) -> None:
+    """Refuse to bundle into <dist_dir>/<name> when another output dir's build owns it, or when it
+    holds anything edgepipe did not write there; else own it.
 
     The owner is stored relative to the folder, so a project moved as a whole keeps its claim."""
+    if dist.exists() and not dist.is_dir():
+        raise ConfigError(f"bundle folder {dist} (bundle.dist_dir / name) is a file", "choose another bundle.dist_dir")
     marker = dist / OWNER_NAME
     try:
         owner = (dist / json.loads(marker.read_text())["output_dir"]).resolve()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         owner = None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{marker} is damaged", f"delete it if {dist} holds only this build's bundles") from None
     if owner is not None and owner != output_dir.resolve():
         raise ConfigError(f"bundle folder {dist} belongs to the build in {owner}: this build (output_dir "
@@ -83,6 +86,18 @@ def claim_dist(dist: Path, output_dir: Path) -> None:
                           "give this config another `name` or bundle.dist_dir (or delete that folder if the "
                           "other build is gone)")
     if owner is None:
+        foreign = sorted(p.name for p in dist.iterdir() if not _written_by_edgepipe(p, name)) if dist.is_dir() else []
+        if foreign:
+            raise ConfigError(f"bundle folder {dist} (bundle.dist_dir / name) holds {', '.join(foreign[:3])}"
+                              f"{' ...' if len(foreign) > 3 else ''}, which edgepipe did not write: bundling would "
+                              "replace or delete it", "choose another bundle.dist_dir or name, or empty that folder")
         from pipeline.manifest import write_json
 
         write_json(marker, {"output_dir": os.path.relpath(output_dir.resolve(), dist.resolve())})
+
+
+def _written_by_edgepipe(p: Path, name: str) -> bool:
+    """A bundle folder, a release archive of this build name, or a temp file of either."""
+    if p.is_dir() and not p.is_symlink():
+        return (p / "bundle.json").is_file() or ".tmp-" in p.name
+    return (p.name.startswith(f"{name}-") and p.name.endswith((".tar.gz", ".tar.gz.sha256"))) or ".tmp-" in p.name

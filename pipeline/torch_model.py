@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,13 @@ def save_checkpoint(path: Path, model: torch.nn.Module, backbone: str, classes, 
                "preprocess": spec.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError:  # torch's zip writer reports a full disk as "enforce fail ... file write failed"
+            st = os.statvfs(tmp.parent)
+            if st.f_bavail * st.f_frsize < 16 * 2**20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
     return path
 
 

@@ -110,6 +110,36 @@ def refuse_output_over_input(jsonl: Path, given: tuple[str, ...], paths: list[Pa
     if fmt:
         raise EdgepipeError(f"--jsonl {jsonl} is an existing file that holds a {fmt} image: writing the lines "
                             "would overwrite it", fix)
+    refuse_foreign_output(jsonl, "--jsonl", "JSON lines", (b"{",), devices_ok=True)
+
+
+def refuse_foreign_output(path: Path, option: str, what: str, starts: tuple[bytes, ...], devices_ok: bool) -> None:
+    """EdgepipeError unless an existing `path` is empty or holds what `option` writes (its first bytes
+    start with one of `starts`): an output option must never destroy a config, a key or a model
+    that a typo pointed it at. devices_ok: /dev/null or a pipe is a fine target (a stream); else
+    refused too, since the file is replaced by rename and the node would be lost."""
+    import stat
+
+    from pipeline.errors import EdgepipeError
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # nothing there (or unreachable: writing says why)
+    if not stat.S_ISREG(st.st_mode):
+        if devices_ok and not stat.S_ISDIR(st.st_mode):
+            return
+        raise EdgepipeError(f"{option} {path} is not a regular file (a folder, device or pipe): it would be replaced",
+                            f"give {option} the path of a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return
+    if head and not head.startswith(starts):
+        raise EdgepipeError(f"{option} {path} is an existing file that does not hold {what} "
+                            f"(it starts with {head[:12]!r}): writing would overwrite it",
+                            f"give {option} a new file name, or delete that file first if it is yours to lose")
 
 
 class LineSink:
@@ -232,6 +262,22 @@ def _print_bench(r: dict) -> None:
     console.print(f"runtime: {r['runtime'] or 'default'}; method: {r['method']}")
 
 
+def _refuse_gate_on_incomplete_data(result: dict, folder: Path) -> None:
+    """A gate never passes on bad data: an accuracy over the images that happened to be readable, or
+    without one of the classes, says nothing about the model (a dropped class can raise it)."""
+    from pipeline.errors import DataError
+
+    absent = [c for c, r in result["per_class_recall"].items() if r is None]
+    if absent:
+        raise DataError(f"--min-accuracy needs every class: {folder} has no readable image of {', '.join(absent)}",
+                        f"add labelled images of each class under {folder}/<label>/, or drop --min-accuracy")
+    if result["unreadable"]:
+        raise DataError(f"--min-accuracy needs every image: {len(result['unreadable'])} of "
+                        f"{len(result['unreadable']) + result['images']} could not be read "
+                        f"(first: {result['unreadable'][0]['path']})",
+                        "replace or remove the unreadable files (listed above), or drop --min-accuracy")
+
+
 def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     @cli.command()
     @BUNDLE
@@ -314,6 +360,8 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
         if build["accuracy"] is not None:
             console.print(f"build report: {build['accuracy']:.2%} on {build['test_images']} test images "
                           f"({build['how']}); difference {100 * (result['accuracy'] - build['accuracy']):+.2f} pt")
+        if min_accuracy is not None:
+            _refuse_gate_on_incomplete_data(result, folder)
         if min_accuracy is not None and result["accuracy"] < min_accuracy:
             raise CheckFailed(f"accuracy {result['accuracy']:.2%} is below --min-accuracy {min_accuracy:.2%}",
                               "look for a preprocessing or labelling mismatch before blaming quantization")

@@ -218,6 +218,11 @@ HOSTILE_CONFIGS = {
                           "is inside dataset.root"),
     "bundles-inside-dataset": ("name: x\ndataset: {source: imagefolder, root: imgs}\nbundle: {dist_dir: imgs/dist}\n",
                                "bundle.dist_dir"),
+    "bundle-folder-is-dataset": ("name: imgs\ndataset: {source: imagefolder, root: imgs}\nbundle: {dist_dir: .}\n",
+                                 "holds the dataset root"),
+    "bundle-folder-holds-csv-images": ("name: imgs\ndataset: {source: csv, csv: imgs/labels.csv}\nbundle: {dist_dir: .}\n",
+                                       "holds the dataset root"),
+    "name-too-long-for-a-file-name": ("name: " + "n" * 300 + "\n", "name: String should have at most 100 characters"),
 }
 
 

@@ -194,3 +194,28 @@ def test_a_bad_signing_key_fails_before_any_stage_runs(project, tmp_path):
     before = manifest(root)
     one_line_error(build(cfg, "--sign", tmp_path / "bad.key"), 2, "not a PEM private key")
     assert manifest(root) == before
+
+
+def test_junit_never_overwrites_what_it_did_not_write(project):
+    root, configure = project
+    cfg = configure()
+    config_bytes = cfg.read_bytes()
+    one_line_error(build(cfg, "--junit", cfg), 2, "does not hold a JUnit XML report")
+    assert cfg.read_bytes() == config_bytes
+    image = sorted((root / "data" / "vertical").iterdir())[0]
+    one_line_error(build(cfg, "--junit", image), 2, "does not hold a JUnit XML report")
+    os.mkfifo(root / "fifo")
+    one_line_error(build(cfg, "--junit", root / "fifo"), 2, "not a regular file")
+    assert (root / "fifo").is_fifo()
+    assert build(cfg, "--junit", root / "junit.xml").exit_code == 0
+    assert build(cfg, "--junit", root / "junit.xml").exit_code == 0  # its own report: rewritten
+
+
+def test_a_bundle_folder_holding_files_edgepipe_did_not_write_is_refused(project):
+    root, configure = project
+    cfg = configure(name="other")  # dist/other does not belong to this output dir yet
+    mine = root / "dist" / "other" / "onnxruntime-fp32" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    one_line_error(build(cfg), 2, "which edgepipe did not write")
+    assert mine.read_text() == "mine"

@@ -102,8 +102,14 @@ def test_odd_pixel_formats_are_converted_to_the_rgb_they_show(image_folder, name
 
 def test_mixed_sizes_error_names_the_file_unless_resize_is_allowed(image_folder):
     write_image(image_folder / "dog" / "big.png", size=(64, 40), seed=5)
-    with pytest.raises(DataError, match=r"big.png is 64x40, others 48x48.*mixed_sizes: resize"):
+    with pytest.raises(DataError, match=r"big.png is 64x40 \(1 image\(s\) of that size\), 12 others are 48x48.*mixed_sizes: resize"):
         prepare(folder_cfg(image_folder), SPEC, 0)
+    (image_folder / "dog" / "big.png").unlink()  # the odd one first in the order: still the one named
+    write_image(image_folder / "cat" / "00-odd.png", size=(1, 48), seed=6)
+    with pytest.raises(DataError, match=r"00-odd.png is 1x48 \(1 image\(s\) of that size\), 12 others"):
+        prepare(folder_cfg(image_folder), SPEC, 0)
+    (image_folder / "cat" / "00-odd.png").unlink()
+    write_image(image_folder / "dog" / "big.png", size=(64, 40), seed=5)
     data = prepare(folder_cfg(image_folder, mixed_sizes="resize"), SPEC, 0)
     assert len(data.labels) == 13 and data.images.shape[1:] == (32, 32, 3)
 
@@ -283,3 +289,23 @@ def test_oversized_file_is_refused_before_it_is_read_or_skipped(image_folder, mo
     data = prepare(folder_cfg(image_folder, on_bad_image="skip"), SPEC, 0)
     assert data.skipped == [(str(image_folder / "dog" / "huge.png"), "it is 300 MiB, over the 256 MiB limit for one image")]
     assert len(clean_fp) == 64
+
+
+@pytest.mark.parametrize("encoding, fragment", [("utf-16", "is not UTF-8 text"), ("latin-1", "is not UTF-8 text")])
+def test_a_csv_that_is_not_utf8_is_one_line(image_folder, encoding, fragment):
+    (image_folder / "labels.csv").write_bytes("\n".join(CSV_ROWS + ["cat/0.png,chat-été"]).encode(encoding))
+    with pytest.raises(DataError, match=fragment) as e:
+        prepare(DatasetConfig(source="csv", csv=image_folder / "labels.csv"), SPEC, 0)
+    assert "CSV UTF-8" in str(e.value)
+
+
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_reads(image_folder):
+    (image_folder / "labels.csv").write_bytes("\r\n".join(CSV_ROWS).encode("utf-8-sig"))
+    assert len(prepare(DatasetConfig(source="csv", csv=image_folder / "labels.csv"), SPEC, 0).labels) == 12
+
+
+def test_a_hidden_folder_of_images_is_not_a_class_and_says_so(image_folder, capsys):
+    shutil.copytree(image_folder / "dog", image_folder / ".bird")
+    data = prepare(folder_cfg(image_folder), SPEC, 0)
+    assert data.classes == ("cat", "dog")
+    assert "not read as classes (hidden: the name starts with a dot): .bird" in capsys.readouterr().err

@@ -304,3 +304,20 @@ def test_check_on_a_folder_without_a_class_reports_its_recall_as_n_a(tiny_build,
     assert "right n/a" in result.stderr and "right 0.00%" not in result.stderr
     if r["confusion"][0][1] == 0:  # no image called "right": macro F1 is left's alone, not dragged to 0.5
         assert r["macro_f1"] == 1.0
+
+
+@pytest.mark.parametrize("damage", ["drop-a-class", "one-unreadable-image"])
+def test_check_refuses_to_gate_on_incomplete_data(tiny_build, tmp_path, damage):
+    """Without a class (or with images it could not read) the accuracy is over what happened to be
+    readable: it can pass a gate the full folder fails. A gate never passes on bad data."""
+    folder = tmp_path / "labelled"
+    shutil.copytree(tiny_build["images"], folder)
+    if damage == "drop-a-class":
+        shutil.rmtree(folder / "right")
+        fragment = "has no readable image of right"
+    else:
+        sorted((folder / "left").iterdir())[0].write_bytes(b"not an image")
+        fragment = "1 of 64 could not be read"
+    bundle = tiny_build["dist"] / "onnxruntime-fp32"
+    one_line_error(invoke("check", bundle, folder, "--min-accuracy", "0.01"), 2, fragment)
+    assert invoke("check", bundle, folder).exit_code == 0  # without a gate it still reports
