@@ -3,7 +3,7 @@ and `edgepipe predict` on a device or in a runtime-only venv.
 
 Usage (build venv):  .venv/bin/python bench/export_test_split.py examples/elpv.yaml /tmp/elpv-test
 
-The split is the one the build used: the same config, dataset and seed through pipeline.data.prepare,
+The split is the one the build used: the same config, dataset and seed through edgepipe.pipeline.data.prepare,
 checked against the split hash the build recorded in its manifest.
 """
 
@@ -15,9 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.backbones import preprocess_spec
-from pipeline.config import load_config
-from pipeline.data import prepare
+from edgepipe.pipeline.backbones import preprocess_spec
+from edgepipe.pipeline.config import load_config
+from edgepipe.pipeline.data import prepare
 
 
 def main(argv=None) -> int:

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones import preprocess_spec
-from pipeline.config import load_config
-from pipeline.data import prepare
-from pipeline.manifest import Manifest, tool_versions
-from pipeline.metrics import latency_stats, machine_info
-from pipeline.quantize import recorded_artifacts
-from pipeline.torch_model import TorchRunner, load_checkpoint
-from targets import get_target
-from targets.base import Runner
-from targets.onnxruntime import OrtRunner
+from edgepipe.core.metrics import latency_stats, machine_info
+from edgepipe.pipeline.backbones import preprocess_spec
+from edgepipe.pipeline.config import load_config
+from edgepipe.pipeline.data import prepare
+from edgepipe.pipeline.manifest import Manifest, tool_versions
+from edgepipe.pipeline.quantize import recorded_artifacts
+from edgepipe.pipeline.torch_model import TorchRunner, load_checkpoint
+from edgepipe.targets import get_target
+from edgepipe.targets.base import Runner
+from edgepipe.targets.onnxruntime import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 NAIVE_CALIBRATION = 256

@@ -32,17 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibration.set import load_calibration_set
-from pipeline.backbones import preprocess_spec
-from pipeline.config import load_config
-from pipeline.data import prepare
-from pipeline.export import export_onnx
-from pipeline.fallback import ValidationSet
-from pipeline.finetune import _augment, _Normalize
-from pipeline.manifest import Manifest
-from pipeline.torch_model import load_checkpoint, pick_device
-from targets import get_target
-from targets.onnxruntime import OrtRunner
+from edgepipe.calibration.set import load_calibration_set
+from edgepipe.pipeline.backbones import preprocess_spec
+from edgepipe.pipeline.config import load_config
+from edgepipe.pipeline.data import prepare
+from edgepipe.pipeline.export import export_onnx
+from edgepipe.pipeline.fallback import ValidationSet
+from edgepipe.pipeline.finetune import _augment, _Normalize
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.torch_model import load_checkpoint, pick_device
+from edgepipe.targets import get_target
+from edgepipe.targets.onnxruntime import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from calibration.set import CalibrationSet
+from edgepipe.calibration.set import CalibrationSet
 
 
 def nncf_dataset(calib: CalibrationSet):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from onnxruntime.quantization import CalibrationDataReader
 
-from calibration.set import CalibrationSet
+from edgepipe.calibration.set import CalibrationSet
 
 
 class OrtCalibrationReader(CalibrationDataReader):

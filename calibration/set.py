@@ -10,9 +10,9 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.errors import DataError, MissingArtifactError
-from pipeline.manifest import atomic_output
-from pipeline.preprocess import PreprocessSpec
+from edgepipe.core.errors import DataError, MissingArtifactError
+from edgepipe.core.files import atomic_output
+from edgepipe.core.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,3 @@
-"""edgepipe build pipeline: config -> stages -> artifacts -> verify -> report.
-
-Kept free of heavy imports so `pipeline.preprocess` can be used where torch is absent.
-"""
-
-__version__ = "0.1.0"
+"""edgepipe's build side: typed config, dataset, the stages (finetune, export, quantize, verify,
+report, bundle), the manifest and the stage keys. It needs torch, timm and onnx; a field unit
+never imports it."""

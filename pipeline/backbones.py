@@ -7,13 +7,13 @@ file (`model.weights`) or whatever the torch / Hugging Face caches already hold.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.errors import ConfigError
+from edgepipe.core.errors import ConfigError
+from edgepipe.core.files import sha256_file
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -44,14 +44,6 @@ BACKBONES: dict[str, Backbone] = {
 class LoadedWeights:
     source: str  # file the ImageNet weights came from, or "none"
     sha256: str | None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cached_weights(timm_name: str) -> Path | None:
@@ -151,7 +143,7 @@ def create_model(backbone: str, num_classes: int, pretrained: bool, weights: Pat
 
 def preprocess_spec(backbone: str, image_size: int):
     """Resize + the normalisation the backbone's ImageNet weights were trained with."""
-    from pipeline.preprocess import PreprocessSpec
+    from edgepipe.core.preprocess import PreprocessSpec
 
     spec = BACKBONES[backbone]
     return PreprocessSpec(image_size=image_size, mean=spec.mean, std=spec.std)

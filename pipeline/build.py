@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.config import BuildConfig
-from pipeline.console import console
-from pipeline.errors import EdgepipeError, MissingArtifactError
-from pipeline.manifest import Manifest, sweep_stale_temps
+from edgepipe.core.console import console
+from edgepipe.core.errors import EdgepipeError, MissingArtifactError
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.manifest import Manifest, sweep_stale_temps
 
 STAGES = ("finetune", "export", "quantize", "verify", "report", "bundle")
 
@@ -26,7 +26,7 @@ class _Dataset:
     no decoding) for the keys, the decoded images for a stage that runs."""
 
     def __init__(self, cfg: BuildConfig, manifest: Manifest):
-        from pipeline.backbones import preprocess_spec
+        from edgepipe.pipeline.backbones import preprocess_spec
 
         self.cfg, self.manifest = cfg, manifest
         self.spec = preprocess_spec(cfg.model.backbone, cfg.model.image_size)
@@ -34,14 +34,14 @@ class _Dataset:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from pipeline.data import fingerprint
+            from edgepipe.pipeline.data import fingerprint
 
             self._fingerprint = fingerprint(self.cfg.dataset, self.spec, self.cfg.seed)
         return self._fingerprint
 
     def data(self):
         if self._data is None:
-            from pipeline.data import prepare
+            from edgepipe.pipeline.data import prepare
 
             data = prepare(self.cfg.dataset, self.spec, self.cfg.seed)
             self.manifest.record_dataset(data.summary())
@@ -55,30 +55,30 @@ def _run_stage(stage: str, cfg: BuildConfig, ds: _Dataset, manifest: Manifest, s
                sign_key: Path | None = None) -> int:
     """Run one stage; returns its exit code (only the report's can be non-zero)."""
     if stage == "finetune":
-        from pipeline.finetune import run_finetune
+        from edgepipe.pipeline.finetune import run_finetune
 
         run_finetune(cfg, ds.data(), manifest)
     elif stage == "export":
-        from pipeline.export import run_export
+        from edgepipe.pipeline.export import run_export
 
         run_export(cfg, ds.data(), manifest)
     elif stage == "quantize":
-        from pipeline.quantize import run_quantize
+        from edgepipe.pipeline.quantize import run_quantize
 
         state["artifacts"] = run_quantize(cfg, ds.data(), manifest)
     elif stage == "verify":
-        from pipeline.quantize import recorded_artifacts
-        from pipeline.verify import run_verify
+        from edgepipe.pipeline.quantize import recorded_artifacts
+        from edgepipe.pipeline.verify import run_verify
 
         artifacts = state.get("artifacts") or recorded_artifacts(manifest)
         state["results"] = run_verify(cfg, ds.data(), manifest, artifacts)
     elif stage == "report":
-        from pipeline.report import run_report
+        from edgepipe.pipeline.report import run_report
 
         results = state.get("results") or manifest.read_json("verify", "results")
         return run_report(cfg, results, manifest, junit)
     elif stage == "bundle":
-        from pipeline.bundle import run_bundle
+        from edgepipe.pipeline.bundle import run_bundle
 
         run_bundle(cfg, manifest, sign_key=sign_key)
     return 0
@@ -93,11 +93,11 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     current. force_from: that stage and every later one run regardless. sign_key: an Ed25519
     private key (PEM) that signs every bundle the bundle stage writes. The output dir is locked
     for the whole run."""
-    from pipeline.ownership import build_lock, claim_dist
+    from edgepipe.pipeline.ownership import build_lock, claim_dist
 
     signer = None
     if sign_key is not None and "bundle" in stages:  # a bad key fails now, not after the whole build
-        from runtime.signing import key_id, load_private_key
+        from edgepipe.runtime.signing import key_id, load_private_key
 
         signer = key_id(load_private_key(sign_key).public_key())
     with build_lock(cfg.output_dir):
@@ -108,8 +108,8 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
 
 def _run_locked(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None, incremental: bool,
                 force_from: str | None, sign_key: Path | None, signer: str | None) -> int:
-    from pipeline.keys import stage_inputs, stage_key, upstream_changes
-    from pipeline.report import replay_report
+    from edgepipe.pipeline.keys import stage_inputs, stage_key, upstream_changes
+    from edgepipe.pipeline.report import replay_report
 
     t0 = time.perf_counter()
     manifest = Manifest.open(cfg)

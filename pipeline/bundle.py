@@ -2,7 +2,7 @@
 
 Runs after `report`. For each artifact: <dist_dir>/<name>/<target>-<precision>/ with the model
 file(s) and bundle.json (schema in runtime/bundle.py), and <name>-<target>-<precision>.tar.gz
-(+ .sha256) beside it, the release asset. A field unit loads it with `runtime.Predictor` or
+(+ .sha256) beside it, the release asset. A field unit loads it with `edgepipe.Predictor` or
 `edgepipe predict`, which need no torch.
 
 Artifacts that failed to build or to run in verify get no bundle (the console says why). TensorRT
@@ -26,15 +26,15 @@ import tarfile
 import time
 from pathlib import Path
 
-from pipeline import __version__
-from pipeline.backbones import sha256_file
-from pipeline.config import BuildConfig
-from pipeline.console import console
-from pipeline.errors import MissingArtifactError
-from pipeline.manifest import TMP_MARK, Manifest, atomic_output
-from pipeline.quantize import recorded_artifacts
-from runtime.bundle import MANIFEST, SCHEMA, SIGNATURE, TRT_DEVICE_FILES, canonical_meta, file_entry, seal
-from targets.base import Artifact
+from edgepipe.core import __version__
+from edgepipe.core.console import console
+from edgepipe.core.errors import MissingArtifactError
+from edgepipe.core.files import TMP_MARK, atomic_output, sha256_file
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.quantize import recorded_artifacts
+from edgepipe.runtime.bundle import MANIFEST, SCHEMA, SIGNATURE, TRT_DEVICE_FILES, canonical_meta, file_entry, seal
+from edgepipe.targets.base import Artifact
 
 MODEL_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino-ir", "tensorrt": "onnx for TensorRT (engine built on the device)"}
 # The file TensorRT parses: the Q/DQ graph for int8, the float graph for fp16 (model_fp16.onnx rides along for TensorRT 11).
@@ -158,7 +158,7 @@ def write_bundle(final: Path, files: list[Path], meta: dict, sign_key=None) -> P
         meta = seal({**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}})
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
         if sign_key is not None:
-            from runtime.signing import sign
+            from edgepipe.runtime.signing import sign
 
             (tmp / SIGNATURE).write_text(json.dumps(sign(sign_key, canonical_meta(meta)), indent=2) + "\n")
         _replace_dir(tmp, final)
@@ -212,7 +212,7 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = Non
     t0 = time.perf_counter()
     signing = signer = None
     if sign_key is not None:  # first: a bad key must fail before any bundle is rewritten
-        from runtime.signing import key_id, load_private_key
+        from edgepipe.runtime.signing import key_id, load_private_key
 
         signing = load_private_key(sign_key)
         signer = key_id(signing.public_key())

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
+from edgepipe.core.errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -69,7 +69,7 @@ class ModelConfig(_Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from pipeline.backbones import BACKBONES
+        from edgepipe.pipeline.backbones import BACKBONES
 
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}")

@@ -18,11 +18,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.config import DatasetConfig, SplitConfig
-from pipeline.console import console, progress
-from pipeline.errors import DataError
-from pipeline.preprocess import (DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, UnreadableFile, decode_image,
-                                 read_image_bytes)
+from edgepipe.core.console import console, progress
+from edgepipe.core.errors import DataError
+from edgepipe.core.preprocess import (
+    DECODE_ERRORS,
+    IMAGE_SUFFIXES,
+    PreprocessSpec,
+    UnreadableFile,
+    decode_image,
+    read_image_bytes,
+)
+from edgepipe.pipeline.config import DatasetConfig, SplitConfig
+
 ELPV_CLASSES = ("functional", "defective")
 MIN_PER_CLASS = 3  # one image each for train, val and test
 

@@ -16,12 +16,13 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline.config import BuildConfig, ParityConfig
-from pipeline.console import console
-from pipeline.data import PreparedData
-from pipeline.errors import CheckFailed, MissingArtifactError
-from pipeline.manifest import Manifest, atomic_output, write_json
-from pipeline.torch_model import load_checkpoint, torch_logits
+from edgepipe.core.console import console
+from edgepipe.core.errors import CheckFailed, MissingArtifactError
+from edgepipe.core.files import atomic_output, write_json
+from edgepipe.pipeline.config import BuildConfig, ParityConfig
+from edgepipe.pipeline.data import PreparedData
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.torch_model import load_checkpoint, torch_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.set import CalibrationSet
-from pipeline.console import console
+from edgepipe.calibration.set import CalibrationSet
+from edgepipe.core.console import console
 
 LAYER_TYPES = ("Conv", "Gemm", "MatMul")
 RANK_IMAGES = 160  # validation images used to rank layers (the goal check uses all of them)
@@ -69,7 +69,7 @@ def rank_layers(onnx_path: Path, calib: CalibrationSet, val: ValidationSet, thre
     """Layers (ONNX node names) ordered by how much keeping them in float helps, most first."""
     import onnx
 
-    from targets.onnxruntime import OrtQuantPreset, cpu_session
+    from edgepipe.targets.onnxruntime import OrtQuantPreset, cpu_session
 
     preset = OrtQuantPreset(qdq_on_weights=True)  # the CPU preset, with float weights left reachable
     x, ref = val.x[:limit], val.float_logits[:limit]

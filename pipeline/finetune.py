@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.backbones import create_model
-from pipeline.config import AugmentConfig, BuildConfig, FinetuneConfig
-from pipeline.console import console, progress
-from pipeline.data import PreparedData
-from pipeline.manifest import Manifest, write_json
-from pipeline.torch_model import pick_device, save_checkpoint, torch_logits
+from edgepipe.core.console import console, progress
+from edgepipe.core.files import write_json
+from edgepipe.pipeline.backbones import create_model
+from edgepipe.pipeline.config import AugmentConfig, BuildConfig, FinetuneConfig
+from edgepipe.pipeline.data import PreparedData
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.torch_model import pick_device, save_checkpoint, torch_logits
 
 # Device profiles for the settings a config leaves null.
 # Measured on ELPV (1200-image subset, 160 px, 3 epochs, test accuracy): frozen batch norm 87.0-87.3 %

@@ -16,9 +16,9 @@ import hashlib
 import json
 from collections.abc import Callable
 
-from pipeline.config import BuildConfig
-from pipeline.errors import MissingArtifactError
-from pipeline.manifest import TOOLS, Manifest, tool_versions
+from edgepipe.core.errors import MissingArtifactError
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.manifest import TOOLS, Manifest, tool_versions
 
 KEY_FORMAT = "1"  # bump when the meaning of a key changes: every stage reruns once
 
@@ -52,7 +52,7 @@ def _config_parts(stage: str, cfg: BuildConfig) -> dict:
         # The weights file by content, not by path: moving it is not a change, replacing it is.
         weights = cfg.model.weights
         if weights is not None and weights.is_file():
-            from pipeline.backbones import sha256_file
+            from edgepipe.core.files import sha256_file
 
             c["model"]["weights"] = sha256_file(weights)
         return {"seed": c["seed"], "model": c["model"], "finetune": c["finetune"]}
@@ -99,7 +99,7 @@ def stage_inputs(stage: str, cfg: BuildConfig, manifest: Manifest, stages: tuple
         parts["dataset"] = dataset_fingerprint()
     parts["tools"] = digest(tool_versions(("edgepipe",) + STAGE_TOOLS.get(stage, TOOLS)))
     if stage == "verify":  # latency is a property of the machine it was measured on
-        from pipeline.metrics import machine_info
+        from edgepipe.core.metrics import machine_info
 
         m = machine_info(cfg.verify.threads)
         parts["machine"] = digest({"cpu": m["cpu"], "logical_cpus": m["logical_cpus"]})

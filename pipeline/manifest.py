@@ -1,17 +1,15 @@
 """The build manifest: what was built from what, with hashes, so a build can be audited and
 resumed.
 
-Every file goes through `atomic_output` (temp path + rename), so a killed build never leaves a
-partial file under its final name. Each stage entry moves running -> recorded -> complete; only a
+Every file goes through `core.files.atomic_output` (temp path + rename), so a killed build never
+leaves a partial file under its final name. Each stage entry moves running -> recorded -> complete; only a
 complete entry whose input key matches and whose outputs still hash the same is up to date
 (`stale_reason`), so a stage killed half-way is simply run again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import os
 import platform
 import shutil
@@ -21,9 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.backbones import sha256_file
-from pipeline.config import BuildConfig
-from pipeline.errors import MissingArtifactError
+from edgepipe.core.errors import MissingArtifactError
+from edgepipe.core.files import TMP_MARK, read_json, sha256_file, write_json
+from edgepipe.pipeline.config import BuildConfig
 
 TOOLS = ("edgepipe", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxslim", "numpy", "pillow",
          "openvino", "nncf", "tensorrt")
@@ -41,40 +39,6 @@ def tool_versions(names=TOOLS) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     versions.update({n: v for n in names if (v := package_version(n)) is not None})
     return versions
-
-
-TMP_MARK = ".tmp-"  # temp names: .<name>.tmp-<pid>
-
-
-def _fsync(path: Path) -> None:
-    """Flush a finished temp file (or folder) to disk before it is renamed into place."""
-    if path.is_dir():
-        for child in path.iterdir():
-            _fsync(child)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
-
-    The temp name carries the pid, so `sweep_stale_temps` can tell a dead build's leftovers
-    from a live one's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -102,12 +66,6 @@ def sweep_stale_temps(root: Path) -> list[Path]:
             p.unlink()
         removed.append(p)
     return removed
-
-
-def write_json(path: Path, data) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    return path
 
 
 class Manifest:
@@ -228,14 +186,6 @@ class Manifest:
     def read_json(self, stage: str, name: str):
         """A recorded JSON output of an earlier stage, hash-checked and parsed."""
         return read_json(self.output(stage, name), f"the {stage} stage's {name}")
-
-
-def read_json(path: Path, what: str, fix: str = "rerun the stage that wrote it (`edgepipe build --force STAGE`)"):
-    """Parse a JSON file edgepipe wrote; a damaged one is a one-line error with the fix."""
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MissingArtifactError(f"{path} ({what}) is damaged: not valid JSON ({e})", fix) from None
 
 
 class _OutputRecord(BaseModel):

@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from pipeline.errors import ConfigError, EdgepipeError
+from edgepipe.core.errors import ConfigError, EdgepipeError
 
 LOCK_NAME = ".edgepipe.lock"
 OWNER_NAME = ".edgepipe-owner.json"
@@ -91,7 +91,7 @@ def claim_dist(dist: Path, output_dir: Path, name: str) -> None:
             raise ConfigError(f"bundle folder {dist} (bundle.dist_dir / name) holds {', '.join(foreign[:3])}"
                               f"{' ...' if len(foreign) > 3 else ''}, which edgepipe did not write: bundling would "
                               "replace or delete it", "choose another bundle.dist_dir or name, or empty that folder")
-        from pipeline.manifest import write_json
+        from edgepipe.core.files import write_json
 
         write_json(marker, {"output_dir": os.path.relpath(output_dir.resolve(), dist.resolve())})
 

@@ -10,21 +10,22 @@ from __future__ import annotations
 import time
 import traceback
 
-from calibration import create_calibration_set
-from pipeline.config import BuildConfig
-from pipeline.console import console
-from pipeline.data import PreparedData
-from pipeline.fallback import (
+from edgepipe.calibration import create_calibration_set
+from edgepipe.core.console import console
+from edgepipe.core.files import write_json
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.data import PreparedData
+from edgepipe.pipeline.fallback import (
     RANK_IMAGES,
     FallbackPolicy,
     ValidationSet,
     build_with_fallback,
     rank_layers,
 )
-from pipeline.manifest import Manifest, write_json
-from pipeline.weight_rounding import round_weights
-from targets import get_target
-from targets.base import Artifact, BackendUnavailable
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.weight_rounding import round_weights
+from edgepipe.targets import get_target
+from edgepipe.targets.base import Artifact, BackendUnavailable
 
 
 def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> list[Artifact]:
@@ -47,7 +48,7 @@ def run_quantize(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> li
                       f"median x{rounding['median_error_ratio']:.2f} ({rounding['seconds']} s)")
     val = ranking = None
     if wants_int8:
-        from pipeline.export import ort_logits
+        from edgepipe.pipeline.export import ort_logits
 
         x_val, y_val = data.subset("val")
         x_val = data.spec.normalize(x_val)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from pipeline.config import BuildConfig
-from pipeline.console import console
-from pipeline.manifest import Manifest, atomic_output, write_json
+from edgepipe.core.console import console
+from edgepipe.core.files import atomic_output, write_json
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.manifest import Manifest
 
 EXIT_GATE_FAILED = 3
 

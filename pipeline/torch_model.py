@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.backbones import create_model
-from pipeline.errors import MissingArtifactError
-from pipeline.manifest import atomic_output
-from pipeline.preprocess import PreprocessSpec
-from targets.base import Runner
+from edgepipe.core.errors import MissingArtifactError
+from edgepipe.core.files import atomic_output
+from edgepipe.core.preprocess import PreprocessSpec
+from edgepipe.pipeline.backbones import create_model
+from edgepipe.targets.base import Runner
 
 CHECKPOINT_FORMAT = "edgepipe-checkpoint/1"
 
@@ -49,7 +49,7 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        from pipeline.errors import ConfigError
+        from edgepipe.core.errors import ConfigError
 
         raise ConfigError("finetune.device is cuda but no CUDA GPU is visible", "set finetune.device: auto or cpu")
     if requested == "auto":

@@ -12,15 +12,16 @@ import time
 
 import numpy as np
 
-from pipeline.config import BuildConfig, VerifyConfig
-from pipeline.console import console, progress
-from pipeline.data import PreparedData
-from pipeline.errors import MissingArtifactError
-from pipeline.manifest import Manifest, write_json
-from pipeline.metrics import agreement, classification_metrics, machine_info, measure_latency
-from pipeline.preprocess import PreprocessSpec
-from targets import get_target
-from targets.base import Artifact, Runner
+from edgepipe.core.console import console, progress
+from edgepipe.core.errors import MissingArtifactError
+from edgepipe.core.files import write_json
+from edgepipe.core.metrics import agreement, classification_metrics, machine_info, measure_latency
+from edgepipe.core.preprocess import PreprocessSpec
+from edgepipe.pipeline.config import BuildConfig, VerifyConfig
+from edgepipe.pipeline.data import PreparedData
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.targets import get_target
+from edgepipe.targets.base import Artifact, Runner
 
 REFERENCE = "torch-fp32"
 
@@ -49,7 +50,7 @@ def _row(measured: dict, labels: np.ndarray, classes, reference: np.ndarray, par
 
 
 def run_verify(cfg: BuildConfig, data: PreparedData, manifest: Manifest, artifacts: list[Artifact]) -> dict:
-    from pipeline.torch_model import TorchRunner, load_checkpoint
+    from edgepipe.pipeline.torch_model import TorchRunner, load_checkpoint
 
     t0 = time.perf_counter()
     checkpoint = manifest.output("finetune", "checkpoint")

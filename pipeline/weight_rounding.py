@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.set import CalibrationSet
-from pipeline.manifest import atomic_output
+from edgepipe.calibration.set import CalibrationSet
+from edgepipe.core.files import atomic_output
 
 QMAX = 127  # symmetric int8 weights: levels -127..127
 BATCH = 8  # images per ORT run while collecting layer inputs (memory: all conv inputs of a batch)
@@ -92,7 +92,7 @@ def layer_hessians(model, layers: list[Layer], images: np.ndarray,
     and how many positions (samples) each layer's H sums."""
     import onnx
 
-    from targets.onnxruntime import cpu_session
+    from edgepipe.targets.onnxruntime import cpu_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -32,9 +32,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from pipeline.backbones import sha256_file
-from pipeline.errors import BundleError
-from pipeline.preprocess import PreprocessSpec
+from edgepipe.core.errors import BundleError
+from edgepipe.core.files import sha256_file
+from edgepipe.core.preprocess import PreprocessSpec
 
 SCHEMA = "edgepipe-bundle/2"
 # Schemas this edgepipe wrote before, and why it no longer reads them.
@@ -98,7 +98,7 @@ class PreprocessMeta(_Part):
     image_size: Annotated[int, Field(ge=1, le=16384)]
     mean: Annotated[list[float], Field(min_length=3, max_length=3)]
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
-    resize: Literal["bilinear-antialias"] = "bilinear-antialias"  # what pipeline.preprocess implements
+    resize: Literal["bilinear-antialias"] = "bilinear-antialias"  # what edgepipe.core.preprocess implements
     layout: Literal["NCHW"] = "NCHW"
 
 
@@ -313,7 +313,8 @@ def _read_manifest(root: Path) -> dict:
 
 def check_signature(root: Path, meta: dict, trusted: dict) -> str:
     """The key id of the trusted key that signed this bundle.json; BundleError otherwise."""
-    from runtime.signing import SignatureRefused, check_signature as verify, parse_record
+    from edgepipe.runtime.signing import SignatureRefused, parse_record
+    from edgepipe.runtime.signing import check_signature as verify
 
     path = root / SIGNATURE
     if not path.is_file():
@@ -359,10 +360,10 @@ def load_bundle(path: str | Path, trusted_keys=None) -> Bundle:
     trusted_keys: None (no signature needed; a signed bundle loads as any other), or one public
     key or a list of them (rotation: old and new), each a path to a PEM file, PEM bytes, the raw
     32 bytes or an Ed25519PublicKey; then the bundle must carry a bundle.sig by one of them that
-    verifies. A key that cannot be read raises runtime.signing.KeyFileError (exit 2)."""
+    verifies. A key that cannot be read raises edgepipe.runtime.signing.KeyFileError (exit 2)."""
     trusted = None
     if trusted_keys is not None:
-        from runtime.signing import load_trusted_keys
+        from edgepipe.runtime.signing import load_trusted_keys
 
         trusted = load_trusted_keys(trusted_keys)
     root = Path(path)

@@ -21,7 +21,7 @@ TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(dir_okay
 
 
 def _warn_if_gates_failed(bundle) -> None:
-    from pipeline.console import console
+    from edgepipe.core.console import console
 
     gates = bundle.meta.get("gates") or {}
     if gates.get("passed") is False:
@@ -34,7 +34,7 @@ def expand_inputs(inputs: tuple[str, ...]) -> Iterator[Path]:
     """Files as given (a missing one is still yielded: it gets an error line); folders -> their images, sorted.
 
     A folder named like an image (x.png) was given as a file: it is yielded as it is, and gets an error line."""
-    from pipeline.preprocess import IMAGE_SUFFIXES
+    from edgepipe.core.preprocess import IMAGE_SUFFIXES
 
     for item in map(Path, inputs):
         if item.is_dir() and item.suffix.lower() not in IMAGE_SUFFIXES:
@@ -69,8 +69,8 @@ def refuse_output_over_input(jsonl: Path, given: tuple[str, ...], paths: list[Pa
     bytes of a regular file; never opens anything else (opening a FIFO blocks)."""
     import stat
 
-    from pipeline.errors import EdgepipeError
-    from pipeline.preprocess import IMAGE_SUFFIXES
+    from edgepipe.core.errors import EdgepipeError
+    from edgepipe.core.preprocess import IMAGE_SUFFIXES
 
     fix = "give --jsonl a new file name (e.g. predictions.jsonl): that file is overwritten"
 
@@ -120,7 +120,7 @@ def refuse_foreign_output(path: Path, option: str, what: str, starts: tuple[byte
     refused too, since the file is replaced by rename and the node would be lost."""
     import stat
 
-    from pipeline.errors import EdgepipeError
+    from edgepipe.core.errors import EdgepipeError
 
     try:
         st = os.stat(path)
@@ -152,7 +152,7 @@ class LineSink:
     def __init__(self, path: Path | None):
         import stat
 
-        from pipeline.errors import EdgepipeError
+        from edgepipe.core.errors import EdgepipeError
 
         self.path, self.lines, self.fd = path, 0, None
         if path is None:
@@ -183,7 +183,7 @@ class LineSink:
                 if self.sync:
                     os.fsync(self.fd)
         except OSError as e:
-            from pipeline.errors import EdgepipeError
+            from edgepipe.core.errors import EdgepipeError
 
             where = f"--jsonl {self.path}" if self.fd is not None else "standard output"
             raise EdgepipeError(f"writing {where} failed: {(e.strerror or str(e)).lower()}, after {self.lines} "
@@ -200,9 +200,9 @@ def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads:
              proxy: bool) -> None:
     import numpy as np
 
-    from pipeline.console import console
-    from pipeline.errors import EdgepipeError, ImageError
-    from runtime.predictor import Predictor
+    from edgepipe.core.console import console
+    from edgepipe.core.errors import EdgepipeError, ImageError
+    from edgepipe.runtime.predictor import Predictor
 
     paths = list(expand_inputs(images))
     if not paths:
@@ -242,7 +242,7 @@ def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads:
 def _print_bench(r: dict) -> None:
     from rich.table import Table
 
-    from pipeline.console import console
+    from edgepipe.core.console import console
 
     build = r["build"]
     table = Table(title=f"{r['bundle']}: batch-1 latency, {r['machine']['threads']} threads")
@@ -265,7 +265,7 @@ def _print_bench(r: dict) -> None:
 def _refuse_gate_on_incomplete_data(result: dict, folder: Path) -> None:
     """A gate never passes on bad data: an accuracy over the images that happened to be readable, or
     without one of the classes, says nothing about the model (a dropped class can raise it)."""
-    from pipeline.errors import DataError
+    from edgepipe.core.errors import DataError
 
     absent = [c for c, r in result["per_class_recall"].items() if r is None]
     if absent:
@@ -295,7 +295,7 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
 
         Unreadable images get an {"path", "error"} line and the run continues."""
         if trust:  # a Bundle loaded (and its signature verified) here; Predictor takes it as it is
-            from runtime.bundle import load_bundle
+            from edgepipe.runtime.bundle import load_bundle
 
             bundle = load_bundle(bundle, trusted_keys=trust)
         _predict(bundle, images, jsonl, threads, batch, proxy)
@@ -313,8 +313,8 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     def bench(bundle: Path, threads: int | None, runs: int | None, warmup: int | None, image: Path | None,
               as_json: bool, proxy: bool, trust: tuple[Path, ...]) -> None:
         """Latency of BUNDLE on this device (p50/p95/p99, throughput), measured as the build's verify stage did."""
-        from runtime.evaluate import bench as run_bench
-        from runtime.predictor import Predictor
+        from edgepipe.runtime.evaluate import bench as run_bench
+        from edgepipe.runtime.predictor import Predictor
 
         with Predictor(bundle, threads=threads, proxy=proxy, trusted_key=trust or None) as p:
             _warn_if_gates_failed(p.bundle)
@@ -336,12 +336,12 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     def check(bundle: Path, folder: Path, threads: int | None, min_accuracy: float | None, as_json: bool,
               proxy: bool, trust: tuple[Path, ...]) -> None:
         """Accuracy of BUNDLE on FOLDER/<label>/*.png (labelled images on the device), next to the build's."""
-        from pipeline.console import console, progress
-        from pipeline.errors import CheckFailed
-        from runtime.bundle import load_bundle
-        from runtime.evaluate import check as run_check
-        from runtime.evaluate import labelled_images
-        from runtime.predictor import Predictor
+        from edgepipe.core.console import console, progress
+        from edgepipe.core.errors import CheckFailed
+        from edgepipe.runtime.bundle import load_bundle
+        from edgepipe.runtime.evaluate import check as run_check
+        from edgepipe.runtime.evaluate import labelled_images
+        from edgepipe.runtime.predictor import Predictor
 
         b = load_bundle(bundle, trusted_keys=trust or None)
         _warn_if_gates_failed(b)
@@ -375,8 +375,8 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
         Never overwrites a file. Sign in the release pipeline with `edgepipe build --sign
         PRIVATE_PATH` (keep it in the CI secret store); devices get only the .pub file:
         `edgepipe predict --trust PRIVATE_PATH.pub ...`. Prints the key id on stdout."""
-        from pipeline.console import console
-        from runtime.signing import generate_key_files
+        from edgepipe.core.console import console
+        from edgepipe.runtime.signing import generate_key_files
 
         kid = generate_key_files(private_path)
         console.print(f"wrote {private_path} (private key, mode 0600: keep it secret) and {private_path}.pub "
@@ -391,8 +391,8 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     @guard
     def engine(bundle: Path, max_batch: int, workspace_mb: int, dla_core: int | None) -> None:
         """Build the TensorRT engine of a TensorRT BUNDLE on this device (exit 4 where TensorRT is missing)."""
-        from pipeline.console import console
-        from runtime.engine import build_bundle_engine
+        from edgepipe.core.console import console
+        from edgepipe.runtime.engine import build_bundle_engine
 
         info = build_bundle_engine(bundle, max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core)
         console.print(f"wrote {bundle / 'model.plan'} (TensorRT {info['tensorrt']}, from {info['onnx']})")

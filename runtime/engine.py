@@ -12,20 +12,19 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from pipeline.backbones import sha256_file
-from pipeline.errors import BundleError, EngineSkipped
-from pipeline.manifest import atomic_output
-from runtime.bundle import Bundle, load_bundle
+from edgepipe.core.errors import BundleError, EngineSkipped
+from edgepipe.core.files import atomic_output, sha256_file
+from edgepipe.runtime.bundle import Bundle, load_bundle
 
 SKIP_FIX = "run `edgepipe engine` on the Jetson: JetPack provides TensorRT; pip install cuda-python"
 
 
 def _tensorrt():
-    """(tensorrt module, targets.trt_engine) or EngineSkipped naming what is missing."""
+    """(tensorrt module, edgepipe.targets.trt_engine) or EngineSkipped naming what is missing."""
     try:
         import tensorrt
 
-        from targets import trt_engine
+        from edgepipe.targets import trt_engine
 
         trt_engine._cudart()
     except ImportError as e:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError, ImageError
-from pipeline.metrics import classification_metrics, machine_info, measure_latency
-from pipeline.preprocess import IMAGE_SUFFIXES
-from runtime.predictor import Predictor
+from edgepipe.core.errors import DataError, ImageError
+from edgepipe.core.metrics import classification_metrics, machine_info, measure_latency
+from edgepipe.core.preprocess import IMAGE_SUFFIXES
+from edgepipe.runtime.predictor import Predictor
 
 
 def bench(p: Predictor, runs: int | None = None, warmup: int | None = None, batch: int | None = None,

@@ -1,7 +1,7 @@
 """Predictor: run a deploy bundle on images. numpy, PIL and the bundle's own backend; no torch.
 
 The runner is the one the build's verify stage measured (targets.<backend>.load with the same
-settings), and preprocessing is pipeline.preprocess with the spec stored in the bundle, so a
+settings), and preprocessing is edgepipe.core.preprocess with the spec stored in the bundle, so a
 field unit computes what the build report measured.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.backbones import sha256_file
-from pipeline.errors import BackendMissing, BundleError, ImageError
-from pipeline.preprocess import DECODE_ERRORS, UnreadableFile, decode_image, from_array, read_image_bytes
-from runtime.bundle import Bundle, load_bundle
-from targets.base import Runner
+from edgepipe.core.errors import BackendMissing, BundleError, ImageError
+from edgepipe.core.files import sha256_file
+from edgepipe.core.preprocess import DECODE_ERRORS, UnreadableFile, decode_image, from_array, read_image_bytes
+from edgepipe.runtime.bundle import Bundle, load_bundle
+from edgepipe.targets.base import Runner
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -55,7 +55,7 @@ def _require(target: str, install_hint: str | None) -> None:
     try:
         importlib.import_module(module)
         if target == "tensorrt":
-            from targets.trt_engine import _cudart
+            from edgepipe.targets.trt_engine import _cudart
 
             _cudart()
     except ImportError as e:
@@ -65,8 +65,8 @@ def _require(target: str, install_hint: str | None) -> None:
 
 def make_runner(bundle: Bundle, threads: int, proxy: bool = False) -> Runner:
     """The runner the build's verify stage used for this artifact (not yet activated)."""
-    from targets import get_target
-    from targets.base import Artifact
+    from edgepipe.targets import get_target
+    from edgepipe.targets.base import Artifact
 
     target, precision = bundle.target, bundle.precision
     files = [bundle.root / f for f in bundle.meta["files"]]
@@ -75,7 +75,7 @@ def make_runner(bundle: Bundle, threads: int, proxy: bool = False) -> Runner:
         if target != "tensorrt" or bundle.verified.get("how") != "proxy":
             raise BundleError(f"{bundle.name} has no proxy: --proxy runs a TensorRT int8 bundle's Q/DQ graph on "
                               "ONNX Runtime, as the build verified it", "leave out --proxy")
-        from targets.tensorrt import PROXY_LABEL
+        from edgepipe.targets.tensorrt import PROXY_LABEL
 
         _require("onnxruntime", None)
         artifact = Artifact(target, precision, bundle.model_path, files, proxy=PROXY_LABEL)

@@ -7,12 +7,12 @@ refuses a bundle that is unsigned, signed by another key, or changed after signi
 bundle.sig (JSON): {"schema": "edgepipe-bundle-sig/1", "algorithm": "ed25519", "key_id": first 16 hex
 of sha256(raw public key), "public_key": raw public key (hex), "signed": "bundle.json",
 "meta_sha256": sha256 of the signed bytes, "signature": hex}. The signed bytes are the canonical
-JSON of bundle.json minus its "integrity" key (runtime.bundle.canonical_meta), so the signature
+JSON of bundle.json minus its "integrity" key (edgepipe.runtime.bundle.canonical_meta), so the signature
 covers the labels, the preprocessing and every file's sha256 and size: each model file transitively.
 
 Keys: PEM files as `openssl genpkey -algorithm ed25519` (private, PKCS#8, unencrypted) and
 `openssl pkey -pubout` (public) write them, which is what `edgepipe keygen` writes too.
-`cryptography` is imported inside the functions, so `import runtime` stays cheap.
+`cryptography` is imported inside the functions, so `import edgepipe.runtime` stays cheap.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import EdgepipeError
+from edgepipe.core.errors import EdgepipeError
 
 SIG_SCHEMA = "edgepipe-bundle-sig/1"
 ALGORITHM = "ed25519"
@@ -36,7 +36,7 @@ class KeyFileError(EdgepipeError):
 
 
 class SignatureRefused(Exception):
-    """The bundle's signature does not satisfy the trusted keys; runtime.bundle turns it into a BundleError."""
+    """The bundle's signature does not satisfy the trusted keys; edgepipe.runtime.bundle turns it into a BundleError."""
 
     def __init__(self, problem: str, fix: str):
         super().__init__(problem)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib
 
-from targets.base import Artifact, Runner, Target
+from edgepipe.targets.base import Artifact, Runner, Target
 
 # name -> (module, class). Each target's precisions and options are typed in pipeline/config.py.
 REGISTRY: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("targets.onnxruntime", "OnnxRuntimeTarget"),
-    "openvino": ("targets.openvino", "OpenVinoTarget"),
-    "tensorrt": ("targets.tensorrt", "TensorRtTarget"),
+    "onnxruntime": ("edgepipe.targets.onnxruntime", "OnnxRuntimeTarget"),
+    "openvino": ("edgepipe.targets.openvino", "OpenVinoTarget"),
+    "tensorrt": ("edgepipe.targets.tensorrt", "TensorRtTarget"),
 }
 
 

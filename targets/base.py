@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.set import CalibrationSet
-from pipeline.errors import EdgepipeError, InputError, MissingArtifactError
+from edgepipe.calibration.set import CalibrationSet
+from edgepipe.core.errors import EdgepipeError, InputError, MissingArtifactError
 
 
 class BackendUnavailable(Exception):

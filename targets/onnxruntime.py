@@ -1,7 +1,7 @@
 """ONNX Runtime target: fp32 (the exported graph) and int8 (static QDQ quantization with calibration).
 
 The quantization preset is Optimum-style: `OrtQuantPreset.cpu()` for ORT's own CPU kernels,
-`OrtQuantPreset.tensorrt()` for the Q/DQ rules TensorRT imposes (used by targets.tensorrt).
+`OrtQuantPreset.tensorrt()` for the Q/DQ rules TensorRT imposes (used by edgepipe.targets.tensorrt).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.set import CalibrationSet
-from pipeline.manifest import atomic_output
-from targets.base import Artifact, BackendUnavailable, Runner, Target
+from edgepipe.calibration.set import CalibrationSet
+from edgepipe.core.files import atomic_output
+from edgepipe.targets.base import Artifact, BackendUnavailable, Runner, Target
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class OrtQuantPreset:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        from calibration.ort_reader import OrtCalibrationReader
+        from edgepipe.calibration.ort_reader import OrtCalibrationReader
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[self.calibration_method]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.set import CalibrationSet
-from pipeline.manifest import TMP_MARK, atomic_output
-from targets.base import Artifact, BackendUnavailable, Runner, Target
+from edgepipe.calibration.set import CalibrationSet
+from edgepipe.core.files import TMP_MARK, atomic_output
+from edgepipe.targets.base import Artifact, BackendUnavailable, Runner, Target
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class NncfQuantPreset:
     def quantize(self, ov_model, calib: CalibrationSet):
         import nncf
 
-        from calibration.nncf_dataset import nncf_dataset
+        from edgepipe.calibration.nncf_dataset import nncf_dataset
 
         return nncf.quantize(
             ov_model, nncf_dataset(calib), subset_size=len(calib),

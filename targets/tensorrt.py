@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.set import CalibrationSet
-from pipeline.manifest import atomic_output
-from targets.base import Artifact, Runner, Target
-from targets.onnxruntime import OrtQuantPreset, OrtRunner
+from edgepipe.calibration.set import CalibrationSet
+from edgepipe.core.files import atomic_output
+from edgepipe.targets.base import Artifact, Runner, Target
+from edgepipe.targets.onnxruntime import OrtQuantPreset, OrtRunner
 
 ENGINE_SCRIPT = Path(__file__).with_name("trt_engine.py")
 PROXY_LABEL = "TensorRT Q/DQ graph run on ONNX Runtime CPU (proxy: TensorRT's kernels differ)"
@@ -55,7 +55,7 @@ class _EngineRunner(Runner):
         self.runner = None
 
     def activate_impl(self) -> None:
-        from targets.trt_engine import TrtRunner
+        from edgepipe.targets.trt_engine import TrtRunner
 
         self.runner = TrtRunner(self.plan)
         self.runner.activate()
@@ -78,7 +78,7 @@ class TensorRtTarget(Target):
         except ImportError:
             return "tensorrt not installed"
         try:
-            from targets.trt_engine import _cudart
+            from edgepipe.targets.trt_engine import _cudart
 
             _cudart()
         except ImportError:
@@ -123,7 +123,7 @@ class TensorRtTarget(Target):
         reason = self.unavailable_reason()
         artifacts = []
         if reason is None:
-            from targets.trt_engine import build_engine
+            from edgepipe.targets.trt_engine import build_engine
 
             plan = build_engine(onnx_for_trt, out_dir / "model.plan", precision, timing_cache=out_dir / "timing.cache")
             artifacts.append(Artifact(self.name, precision, plan, files + [plan], parent="onnxruntime-fp32", details=details))

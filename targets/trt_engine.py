@@ -70,7 +70,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def npz_batches(path: Path, batch_size: int):
     """Normalized NCHW float32 batches from an edgepipe calibration.npz.
 
-    Repeats pipeline.preprocess.PreprocessSpec.normalize on purpose: this file must run without edgepipe."""
+    Repeats edgepipe.core.preprocess.PreprocessSpec.normalize on purpose: this file must run without edgepipe."""
     with np.load(path, allow_pickle=False) as z:
         images = z["images"]
         spec = json.loads(str(z["spec"]))

@@ -11,9 +11,9 @@ import torch
 import yaml
 from PIL import Image
 
-from calibration import create_calibration_set
-from pipeline.export import export_onnx
-from pipeline.preprocess import PreprocessSpec
+from edgepipe.calibration import create_calibration_set
+from edgepipe.core.preprocess import PreprocessSpec
+from edgepipe.pipeline.export import export_onnx
 
 
 def write_image(path: Path, size=(48, 48), mode="L", seed=0) -> Path:

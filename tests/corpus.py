@@ -89,7 +89,7 @@ ODD_FORMATS = {
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-OVERSIZED = 300 * 2**20  # over pipeline.preprocess.MAX_IMAGE_BYTES (256 MiB)
+OVERSIZED = 300 * 2**20  # over edgepipe.core.preprocess.MAX_IMAGE_BYTES (256 MiB)
 
 
 def _fifo(folder: Path) -> Path:

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration import load_calibration_set
-from pipeline.config import BuildConfig, VerifyConfig
-from pipeline.manifest import Manifest, write_json
-from pipeline.metrics import machine_info
-from pipeline.report import run_report
-from pipeline.verify import REFERENCE, _row, measure
-from targets import get_target
-from targets.base import Artifact
+from edgepipe.calibration import load_calibration_set
+from edgepipe.core.files import write_json
+from edgepipe.core.metrics import machine_info
+from edgepipe.pipeline.config import BuildConfig, VerifyConfig
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.report import run_report
+from edgepipe.pipeline.verify import REFERENCE, _row, measure
+from edgepipe.targets import get_target
+from edgepipe.targets.base import Artifact
 from tests.conftest import TINY_SPEC, _images
 
 CLASSES = ("left", "right")
@@ -62,7 +63,7 @@ def _verify(cfg: BuildConfig, artifacts: list[Artifact], rgb8: np.ndarray, label
 
 
 def make_tiny_build(tiny: dict, root: Path) -> tuple[BuildConfig, Manifest]:
-    from pipeline.bundle import run_bundle
+    from edgepipe.pipeline.bundle import run_bundle
 
     cfg = BuildConfig(name="tiny", output_dir=root / "build", model={"image_size": 32}, targets=TARGETS,
                       verify=VerifyConfig(threads=1, warmup=1, runs=5, throughput_batch=8),

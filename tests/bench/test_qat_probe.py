@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import qat_probe
 
-from pipeline.backbones import create_model
+from edgepipe.pipeline.backbones import create_model
 
 
 def _model():

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from calibration import create_calibration_set, load_calibration_set
-from calibration.nncf_dataset import nncf_dataset
-from calibration.ort_reader import OrtCalibrationReader
-from calibration.set import select_balanced
-from pipeline.errors import DataError
-from pipeline.preprocess import PreprocessSpec
+from edgepipe.calibration import create_calibration_set, load_calibration_set
+from edgepipe.calibration.nncf_dataset import nncf_dataset
+from edgepipe.calibration.ort_reader import OrtCalibrationReader
+from edgepipe.calibration.set import select_balanced
+from edgepipe.core.errors import DataError
+from edgepipe.core.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
 

@@ -4,18 +4,17 @@ and, once resumed, the finished build that test_incremental.py and the guard tes
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import shutil
-
 import pytest
 from click.testing import CliRunner
 
-from pipeline.backbones import sha256_file
-from pipeline.cli import cli
+from edgepipe.cli import cli
+from edgepipe.core.files import sha256_file
 from tests.conftest import write_tiny_project
 
 REPO = Path(__file__).parents[2]

@@ -33,7 +33,7 @@ def main() -> None:
         return real_replace(src, dst, *args, **kwargs)
 
     os.replace = replace
-    from pipeline.cli import main as edgepipe
+    from edgepipe.cli import main as edgepipe
 
     sys.argv = ["edgepipe", "build", config]
     edgepipe()

@@ -5,8 +5,8 @@ import timm
 import torch
 from PIL import Image
 
-from pipeline.backbones import create_model, load_imagenet_weights, preprocess_spec
-from pipeline.errors import ConfigError
+from edgepipe.core.errors import ConfigError
+from edgepipe.pipeline.backbones import create_model, load_imagenet_weights, preprocess_spec
 
 # ImageNet-1k class ids: 281-285 are domestic cats, 967 espresso, 968 cup, 504 coffee mug.
 CASES = [("chelsea.png", {281, 282, 283, 284, 285}), ("coffee.png", {967, 968, 504})]

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.ownership import LOCK_NAME, OWNER_NAME
+from edgepipe.cli import cli
+from edgepipe.pipeline.ownership import LOCK_NAME, OWNER_NAME
 from tests.conftest import write_image
 from tests.corpus import DAMAGED_MANIFESTS
 from tests.pipeline.conftest import build, manifest, ran
@@ -137,7 +137,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_finished_outputs(project, monkeyp
     def disk_full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("pipeline.report.write_json", disk_full)
+    monkeypatch.setattr("edgepipe.pipeline.report.write_json", disk_full)
     one_line_error(build(cfg), 2, "report.json: No space left on device", "free space")
     assert outputs_snapshot(root / "out") == before
     monkeypatch.undo()
@@ -170,7 +170,7 @@ def test_fine_tune_trains_with_exactly_four_optimizer_steps(tmp_path):
 
 
 def test_build_sign_signs_bundles_that_are_otherwise_up_to_date(project, tmp_path):
-    from runtime.bundle import load_bundle
+    from edgepipe.runtime.bundle import load_bundle
 
     root, configure = project
     cfg = configure()

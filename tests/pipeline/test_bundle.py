@@ -7,10 +7,10 @@ import tarfile
 
 import pytest
 
-from pipeline.bundle import run_bundle
-from pipeline.errors import MissingArtifactError
-from pipeline.manifest import Manifest
-from runtime.bundle import load_bundle
+from edgepipe.core.errors import MissingArtifactError
+from edgepipe.pipeline.bundle import run_bundle
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.runtime.bundle import load_bundle
 from tests.conftest import TINY_SPEC
 
 
@@ -127,7 +127,7 @@ def _bad_keys(folder):
     ("rsa.key", "is an RSA key, not Ed25519"), ("public.key", "is a public key: signing needs the private key"),
 ])
 def test_a_bad_signing_key_fails_in_one_line_before_any_bundle_is_rewritten(tiny_build, tmp_path, name, fragment):
-    from runtime.signing import KeyFileError
+    from edgepipe.runtime.signing import KeyFileError
     from tests.runtime.test_signing import sign_tiny_build
 
     cfg, manifest, dist = sign_tiny_build(tiny_build, tmp_path, key_path=None)  # a private copy, unsigned
@@ -141,7 +141,7 @@ def test_a_bad_signing_key_fails_in_one_line_before_any_bundle_is_rewritten(tiny
 
 
 def test_signed_bundles_carry_bundle_sig_and_unsigned_ones_do_not(tiny_build, tmp_path):
-    from runtime.signing import generate_key_files
+    from edgepipe.runtime.signing import generate_key_files
     from tests.runtime.test_signing import sign_tiny_build
 
     assert not list(tiny_build["dist"].rglob("bundle.sig"))

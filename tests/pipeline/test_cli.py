@@ -6,8 +6,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.backbones import sha256_file
-from pipeline.cli import cli
+from edgepipe.cli import cli
+from edgepipe.core.files import sha256_file
 from tests.conftest import write_image
 
 SMALL_ELPV = {
@@ -108,7 +108,7 @@ def test_truncated_onnx_exits_2(small_build):
 def test_artifact_from_another_model_exits_2(small_build, tmp_path):
     import timm
 
-    from pipeline.export import export_onnx
+    from edgepipe.pipeline.export import export_onnx
 
     root, _, _ = small_build
     cfg = _copy_build(root, "swapped")

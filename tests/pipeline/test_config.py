@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from edgepipe.core.errors import ConfigError
+from edgepipe.pipeline.config import load_config
 from tests.corpus import HOSTILE_CONFIGS
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "elpv.yaml"

@@ -3,11 +3,11 @@ import shutil
 import numpy as np
 import pytest
 
-import pipeline.data
-from pipeline.config import DatasetConfig, SplitConfig
-from pipeline.data import fingerprint, prepare, stratified_split
-from pipeline.errors import DataError
-from pipeline.preprocess import PreprocessSpec
+import edgepipe.pipeline.data
+from edgepipe.core.errors import DataError
+from edgepipe.core.preprocess import PreprocessSpec
+from edgepipe.pipeline.config import DatasetConfig, SplitConfig
+from edgepipe.pipeline.data import fingerprint, prepare, stratified_split
 from tests.conftest import write_image
 from tests.corpus import HOSTILE_DATASETS, ODD_FORMATS, UNREADABLE
 
@@ -183,7 +183,7 @@ def test_paths_that_leave_the_dataset_root_need_the_explicit_flag(tmp_path, imag
 
 def test_fingerprint_follows_the_files_not_where_they_live_and_decodes_nothing(tmp_path, image_folder, monkeypatch):
     cfg = folder_cfg(image_folder)
-    monkeypatch.setattr(pipeline.data, "decode_image", lambda data: pytest.fail("fingerprint decoded an image"))
+    monkeypatch.setattr(edgepipe.pipeline.data, "decode_image", lambda data: pytest.fail("fingerprint decoded an image"))
     base = fingerprint(cfg, SPEC, 0)
     assert fingerprint(cfg, SPEC, 0) == base
     moved = shutil.copytree(image_folder, tmp_path / "moved")

@@ -4,9 +4,9 @@ import pytest
 import timm
 import torch
 
-from pipeline.config import ParityConfig
-from pipeline.errors import CheckFailed
-from pipeline.export import check_parity, export_onnx, ort_logits, parity
+from edgepipe.core.errors import CheckFailed
+from edgepipe.pipeline.config import ParityConfig
+from edgepipe.pipeline.export import check_parity, export_onnx, ort_logits, parity
 
 
 @pytest.fixture(scope="module")

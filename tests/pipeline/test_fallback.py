@@ -1,14 +1,14 @@
 import numpy as np
 
-from pipeline.config import OnnxRuntimeTargetConfig
-from pipeline.fallback import (
+from edgepipe.pipeline.config import OnnxRuntimeTargetConfig
+from edgepipe.pipeline.fallback import (
     FallbackPolicy,
     ValidationSet,
     _best_step,
     build_with_fallback,
     rank_layers,
 )
-from targets import get_target
+from edgepipe.targets import get_target
 
 
 def test_schedule_doubles_up_to_the_limit():

@@ -1,9 +1,17 @@
 import numpy as np
 import torch
 
-from pipeline.backbones import create_model, preprocess_spec
-from pipeline.config import AugmentConfig, FinetuneConfig
-from pipeline.finetune import PROFILES, _augment, _batchnorms, _class_weights, _features, _train_mode, resolve_recipe
+from edgepipe.pipeline.backbones import create_model, preprocess_spec
+from edgepipe.pipeline.config import AugmentConfig, FinetuneConfig
+from edgepipe.pipeline.finetune import (
+    PROFILES,
+    _augment,
+    _batchnorms,
+    _class_weights,
+    _features,
+    _train_mode,
+    resolve_recipe,
+)
 
 
 def test_null_fields_take_the_device_profile_and_explicit_ones_win():
@@ -54,7 +62,7 @@ def test_adapted_features_reestimate_batchnorm_statistics():
 def test_one_cycle_schedule_is_valid_for_any_number_of_steps():
     """torch's OneCycleLR divides by zero at 4 steps (a zero-length warm-up): e.g. `epochs: 2` with
     33-64 train images. Every count must give finite positive rates that rise, then fall."""
-    from pipeline.finetune import one_cycle
+    from edgepipe.pipeline.finetune import one_cycle
 
     for total in range(0, 60):
         params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]

@@ -10,18 +10,19 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import pipeline.data
-from pipeline.backbones import sha256_file
-from pipeline.build import STAGES
-from pipeline.cli import cli
-from tests.pipeline.conftest import CORE, build, manifest, ran
+import edgepipe.pipeline.data
+from edgepipe.cli import cli
+from edgepipe.core.files import sha256_file
+from edgepipe.pipeline.build import STAGES
+from tests.pipeline.conftest import build, manifest, ran
+
 
 @pytest.fixture
 def no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("prepare() decoded the dataset, but no stage that reads images had to run")
 
-    monkeypatch.setattr(pipeline.data, "prepare", refuse)
+    monkeypatch.setattr(edgepipe.pipeline.data, "prepare", refuse)
 
 
 def test_unchanged_build_is_up_to_date_everywhere_and_decodes_no_image(base, no_decoding):

@@ -2,10 +2,10 @@
 
 import pytest
 
-import pipeline.manifest
-from pipeline.config import BuildConfig
-from pipeline.keys import stage_inputs, stage_key
-from pipeline.manifest import Manifest
+import edgepipe.pipeline.manifest
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.keys import stage_inputs, stage_key
+from edgepipe.pipeline.manifest import Manifest
 
 CORE = ("finetune", "export", "quantize", "verify", "report")
 BASE = {"name": "k", "targets": [{"name": "onnxruntime"}, {"name": "openvino"}]}
@@ -74,8 +74,8 @@ def test_a_new_upstream_output_reruns_its_readers_only(recorded):
 ])
 def test_a_tool_upgrade_reruns_the_stages_that_use_it(recorded, monkeypatch, package, stages):
     before = keys(recorded)
-    real = pipeline.manifest.package_version
-    monkeypatch.setattr(pipeline.manifest, "package_version", lambda n: "99.0" if n == package else real(n))
+    real = edgepipe.pipeline.manifest.package_version
+    monkeypatch.setattr(edgepipe.pipeline.manifest, "package_version", lambda n: "99.0" if n == package else real(n))
     after = keys(recorded)
     assert {s for s in CORE if before[s] != after[s]} == stages
 

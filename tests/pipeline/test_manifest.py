@@ -3,8 +3,9 @@ import subprocess
 
 import pytest
 
-from pipeline.config import BuildConfig
-from pipeline.manifest import Manifest, atomic_output, sweep_stale_temps
+from edgepipe.core.files import atomic_output
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.manifest import Manifest, sweep_stale_temps
 
 
 @pytest.fixture

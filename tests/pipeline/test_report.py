@@ -1,7 +1,7 @@
 import xml.etree.ElementTree as ET
 
-from pipeline.config import BuildConfig
-from pipeline.report import evaluate_gates, render_markdown, write_junit
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.report import evaluate_gates, render_markdown, write_junit
 
 
 def row(name, target, accuracy, agreement, p50=1.0, status="ok", reason=None):

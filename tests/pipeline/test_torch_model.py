@@ -1,9 +1,11 @@
+import errno
+
 import pytest
 import torch
 
-from pipeline.errors import MissingArtifactError
-from pipeline.preprocess import PreprocessSpec
-from pipeline.torch_model import load_checkpoint, save_checkpoint
+from edgepipe.core.errors import MissingArtifactError, from_os_error
+from edgepipe.core.preprocess import PreprocessSpec
+from edgepipe.pipeline.torch_model import load_checkpoint, save_checkpoint
 
 
 class _Payload:
@@ -37,3 +39,22 @@ def test_checkpoint_round_trip_and_truncation(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(MissingArtifactError, match="rerun `edgepipe finetune`"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_is_a_full_disk(tmp_path, monkeypatch):
+    """torch's zip writer reports ENOSPC as RuntimeError("[enforce fail at inline_container.cc] ...")."""
+    from edgepipe.pipeline import torch_model
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(torch, "save", fail)
+    monkeypatch.setattr(torch_model.os, "statvfs", lambda p: Full())
+    with pytest.raises(OSError) as e:
+        torch_model.save_checkpoint(tmp_path / "model.pt", torch.nn.Linear(2, 2), "x", ("a", "b"),
+                                    PreprocessSpec(32, (0.5,) * 3, (0.5,) * 3))
+    assert e.value.errno == errno.ENOSPC and from_os_error(e.value).fix.startswith("free space")
+    assert list(tmp_path.iterdir()) == []  # no partial file under any name

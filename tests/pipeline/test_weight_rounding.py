@@ -3,7 +3,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.weight_rounding import (
+from edgepipe.pipeline.weight_rounding import (
     DAMPING,
     QMAX,
     find_layers,
@@ -12,7 +12,7 @@ from pipeline.weight_rounding import (
     round_rows,
     round_weights,
 )
-from targets.onnxruntime import OrtQuantPreset
+from edgepipe.targets.onnxruntime import OrtQuantPreset
 
 
 def _conv_model(w: np.ndarray, **attrs) -> onnx.ModelProto:

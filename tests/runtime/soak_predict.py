@@ -1,4 +1,4 @@
-"""`python -m tests.runtime.soak_predict BUNDLE IMAGES N`: N predictions through runtime.Predictor
+"""`python -m tests.runtime.soak_predict BUNDLE IMAGES N`: N predictions through edgepipe.Predictor
 in a process that holds only what a field unit holds (no torch), printing one JSON line of
 results. Run by tests/runtime/test_soak.py; its RSS is the runtime's own, so a per-prediction
 leak is not diluted by a gigabyte of build tools.
@@ -19,8 +19,8 @@ from PIL import Image
 
 
 def main() -> None:
-    from pipeline.errors import ImageError
-    from runtime import Predictor
+    from edgepipe.core.errors import ImageError
+    from edgepipe.runtime import Predictor
 
     bundle, images, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     paths = sorted(images.rglob("*.png"))

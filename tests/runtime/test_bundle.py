@@ -6,10 +6,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.errors import BundleError
-from runtime import Predictor
-from runtime.bundle import canonical_meta, load_bundle, seal
+from edgepipe.cli import cli
+from edgepipe.core.errors import BundleError
+from edgepipe.runtime import Predictor
+from edgepipe.runtime.bundle import canonical_meta, load_bundle, seal
 from tests.corpus import DAMAGED_BUNDLE_META
 from tests.pipeline.test_cli import one_line_error
 

@@ -8,15 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-
 from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from runtime.bundle import seal
-from runtime.cli import expand_inputs
+from edgepipe.cli import cli
+from edgepipe.runtime.bundle import seal
+from edgepipe.runtime.cli import expand_inputs
 from tests.corpus import HOSTILE_OUTPUTS, HOSTILE_PREDICT_INPUTS
 from tests.pipeline.test_cli import one_line_error
 
@@ -119,7 +118,7 @@ def test_engine_skips_without_tensorrt_and_refuses_other_targets(tiny_build, bun
 
 
 def _spawn(args, **kw):
-    return subprocess.Popen([sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)], **kw)
+    return subprocess.Popen([sys.executable, "-c", "from edgepipe.cli import main; main()", *map(str, args)], **kw)
 
 
 @pytest.mark.parametrize("to_file", [True, False])

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-import runtime.engine
-from pipeline.errors import BackendMissing, BundleError, EngineSkipped
-from runtime.bundle import load_bundle
-from runtime.engine import build_bundle_engine
-from runtime.predictor import make_runner
+import edgepipe.runtime.engine
+from edgepipe.core.errors import BackendMissing, BundleError, EngineSkipped
+from edgepipe.runtime.bundle import load_bundle
+from edgepipe.runtime.engine import build_bundle_engine
+from edgepipe.runtime.predictor import make_runner
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -42,7 +42,7 @@ def fake_tensorrt(monkeypatch):
     def use(version: str):
         trt = SimpleNamespace(__version__=version)
         engine = SimpleNamespace(major_version=lambda t: int(t.__version__.split(".")[0]), build_engine=build_engine)
-        monkeypatch.setattr(runtime.engine, "_tensorrt", lambda: (trt, engine))
+        monkeypatch.setattr(edgepipe.runtime.engine, "_tensorrt", lambda: (trt, engine))
         return calls
 
     return use

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import BackendMissing, BundleError, ImageError
-from runtime import Predictor
-from runtime.bundle import seal
-from runtime.evaluate import check
-from runtime.predictor import read_image
+from edgepipe.core.errors import BackendMissing, BundleError, ImageError
+from edgepipe.runtime import Predictor
+from edgepipe.runtime.bundle import seal
+from edgepipe.runtime.evaluate import check
+from edgepipe.runtime.predictor import read_image
 from tests.conftest import TINY_SPEC, _images
 from tests.corpus import HOSTILE_PREDICT_INPUTS
 

@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pipeline.bundle import run_bundle
-from pipeline.cli import cli
-from pipeline.errors import BundleError
-from pipeline.manifest import Manifest
-from runtime import Predictor
-from runtime.bundle import canonical_meta, file_entry, load_bundle, seal
-from runtime.signing import KeyFileError, generate_key_files, key_id, load_private_key, sign
+from edgepipe.cli import cli
+from edgepipe.core.errors import BundleError
+from edgepipe.pipeline.bundle import run_bundle
+from edgepipe.pipeline.manifest import Manifest
+from edgepipe.runtime import Predictor
+from edgepipe.runtime.bundle import canonical_meta, file_entry, load_bundle, seal
+from edgepipe.runtime.signing import KeyFileError, generate_key_files, key_id, load_private_key, sign
 from tests.pipeline.test_cli import one_line_error
 
 
@@ -234,7 +234,7 @@ def test_keys_made_by_openssl_sign_and_verify(tiny_build, tmp_path, signed):
 
 
 def test_runtime_imports_cryptography_only_to_sign_or_verify():
-    code = ("import sys, runtime, runtime.signing, runtime.bundle, runtime.cli; "
+    code = ("import sys, runtime, edgepipe.runtime.signing, edgepipe.runtime.bundle, edgepipe.runtime.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Soak: 10,000 predictions through runtime.Predictor on a real bundle, memory flat, no error.
+"""Soak: 10,000 predictions through edgepipe.Predictor on a real bundle, memory flat, no error.
 
 Not in the default run (marker `soak`): `.venv/bin/pytest -m soak -s tests/runtime/test_soak.py`.
 The bundle comes from a real build (EfficientNet-Lite0 at 224 px, ONNX Runtime int8) of a small
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
+from edgepipe.cli import cli
 from tests.conftest import write_tiny_project
 
 PREDICTIONS, MAX_GROWTH = 10_000, 0.05

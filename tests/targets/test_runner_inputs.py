@@ -5,9 +5,9 @@ NaN / Inf input is an error, not a flagged result: its logits would argmax to cl
 import numpy as np
 import pytest
 
-from pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
-from pipeline.errors import InputError, MissingArtifactError
-from targets import get_target
+from edgepipe.core.errors import InputError, MissingArtifactError
+from edgepipe.pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
+from edgepipe.targets import get_target
 
 SETTINGS = {"onnxruntime": OnnxRuntimeTargetConfig(name="onnxruntime"), "openvino": OpenVinoTargetConfig(name="openvino")}
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
-from targets import REGISTRY, get_target
-from targets.base import Runner
+from edgepipe.pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
+from edgepipe.targets import REGISTRY, get_target
+from edgepipe.targets.base import Runner
 
 SETTINGS = {"onnxruntime": OnnxRuntimeTargetConfig(name="onnxruntime"), "openvino": OpenVinoTargetConfig(name="openvino")}
 # fp32 must match to float rounding; reduced precisions must keep the confident answers.

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from pipeline.config import TensorRtTargetConfig
-from targets import get_target
+from edgepipe.pipeline.config import TensorRtTargetConfig
+from edgepipe.targets import get_target
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 SETTINGS = TensorRtTargetConfig(name="tensorrt")

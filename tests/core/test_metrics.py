@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.metrics import classification_metrics
+from edgepipe.core.metrics import classification_metrics
 
 CLASSES = ["cat", "dog", "owl"]
 

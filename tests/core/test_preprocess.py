@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from pipeline.preprocess import PreprocessSpec
+from edgepipe.core.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import click
 
-from pipeline.errors import EdgepipeError, from_os_error
+from edgepipe.core.errors import EdgepipeError, from_os_error
 
 
 def _guard(fn: Callable) -> Callable:
@@ -78,12 +78,12 @@ def _require_build_tools() -> None:
 
 def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **options) -> None:
     if junit is not None:  # before hours of work, and before a typo overwrites the config or an image
-        from runtime.cli import refuse_foreign_output
+        from edgepipe.runtime.cli import refuse_foreign_output
 
         refuse_foreign_output(junit, "--junit", "a JUnit XML report", (b"<?xml", b"<testsuite"), devices_ok=False)
     _require_build_tools()
-    from pipeline.build import run_stages
-    from pipeline.config import load_config
+    from edgepipe.pipeline.build import run_stages
+    from edgepipe.pipeline.config import load_config
 
     code = run_stages(load_config(config), stages, junit, **options)
     if code:
@@ -102,7 +102,8 @@ def build(config: str, junit: Path | None, force_from: str | None, sign_key: Pat
 
     A stage is up to date when its inputs (config sections, upstream artifacts, dataset files,
     tool versions) are those of its last complete run and its outputs are intact."""
-    from pipeline.build import STAGES
+    _require_build_tools()  # before the build side is imported: a field unit has none of it
+    from edgepipe.pipeline.build import STAGES
 
     if force_from is not None and force_from not in STAGES:
         raise EdgepipeError(f"--force {force_from}: no such stage", f"choose one of: {', '.join(STAGES)}")
@@ -161,7 +162,7 @@ def bundle_(config: str, sign_key: Path | None) -> None:
 
 
 # predict / bench / check / engine: the field-unit commands, which need no build tools.
-from runtime.cli import add_runtime_commands  # noqa: E402  (they reuse _guard, defined above)
+from edgepipe.runtime.cli import add_runtime_commands  # noqa: E402  (they reuse _guard, defined above)
 
 add_runtime_commands(cli, _guard)
 
