@@ -67,6 +67,18 @@ class _EngineRunner(Runner):
         self.runner.deactivate()
         self.runner = None
 
+    @property
+    def max_batch(self) -> int | None:
+        """The engine's optimization profile caps the batch (build_engine: --max-batch, default 8):
+        verify, the fallback, check and bench split their batches by it."""
+        return self.runner.max_batch if self.runner is not None else None
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        if self.runner is None or self.runner.input_shape is None:
+            return None
+        return tuple(None if d == -1 else d for d in self.runner.input_shape)
+
 
 class TensorRtTarget(Target):
     name = "tensorrt"

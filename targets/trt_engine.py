@@ -173,13 +173,16 @@ class TrtRunner:
 
     def __init__(self, plan_path: Path):
         self.plan_path = Path(plan_path)
-        self.engine = self.context = self.stream = None
+        self.runtime = self.engine = self.context = self.stream = None
         self.buffers: dict[str, tuple[int, int]] = {}
+        self.input_shape: tuple[int, ...] | None = None  # NCHW, -1 for a dynamic dimension
+        self.max_batch: int | None = None  # the optimization profile's largest batch
 
     def activate(self) -> None:
         trt, cudart = _trt(), _cudart()
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        # The engine must not outlive its Runtime: keep it for as long as the engine lives.
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:  # version, GPU or platform mismatch: the logger printed which
             raise RuntimeError(f"{self.plan_path} was built for another TensorRT version or GPU: rebuild it on this device")
         self.context = self.engine.create_execution_context()
@@ -187,6 +190,11 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.input_shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.input))
+        if self.input_shape[0] == -1:  # dynamic batch: the profile build_engine set says how far
+            self.max_batch = int(self.engine.get_tensor_profile_shape(self.input, 0)[2][0])
+        else:
+            self.max_batch = self.input_shape[0]
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self.buffers.get(name, (0, 0))
@@ -202,7 +210,10 @@ class TrtRunner:
         cudart = _cudart()
         kind = cudart.cudaMemcpyKind
         x = np.ascontiguousarray(x, dtype=np.float32)
-        self.context.set_input_shape(self.input, x.shape)
+        if not self.context.set_input_shape(self.input, x.shape):  # False: outside the optimization profile
+            raise ValueError(f"input shape {x.shape} is outside the engine's optimization profile (batch 1 to "
+                             f"{self.max_batch}, {tuple(self.input_shape[1:])}): split the batch or rebuild the "
+                             "engine with a larger --max-batch")
         out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=np.float32)
         d_in, d_out = self._buffer(self.input, x.nbytes), self._buffer(self.output, out.nbytes)
         self.context.set_tensor_address(self.input, d_in)
@@ -221,7 +232,8 @@ class TrtRunner:
         self.buffers.clear()
         if self.stream is not None:
             cudart.cudaStreamDestroy(self.stream)
-        self.engine = self.context = self.stream = None
+        self.context = self.engine = None  # the engine before its runtime
+        self.runtime = self.stream = None
 
 
 def main(argv=None) -> int:
