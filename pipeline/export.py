@@ -19,6 +19,7 @@ import torch
 from edgepipe.core.console import console
 from edgepipe.core.errors import CheckFailed, MissingArtifactError
 from edgepipe.core.files import atomic_output, write_json
+from edgepipe.core.metrics import agreement
 from edgepipe.pipeline.config import BuildConfig, ParityConfig
 from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.manifest import Manifest
@@ -49,20 +50,19 @@ def export_onnx(model: torch.nn.Module, path: Path, image_size: int, opset: int,
 
 
 def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    """Logits of the exported graph on ONNX Runtime, through the runner verify times."""
+    import os
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    batch_dim = sess.get_inputs()[0].shape[0]
-    if isinstance(batch_dim, int):  # fixed batch: feed one at a time
-        return np.concatenate([sess.run(None, {name: x[i:i + batch_dim]})[0] for i in range(0, len(x), batch_dim)])
-    return sess.run(None, {name: x})[0]
+    from edgepipe.targets.onnxruntime import OrtRunner
+
+    with OrtRunner(path, threads=os.cpu_count() or 1, name="export") as runner:
+        return runner.infer_batched(x, batch=max(1, len(x)))
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
     return {"images": int(len(reference)),
             "max_abs_diff": float(np.abs(reference - candidate).max()),
-            "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean())}
+            "top1_agreement": agreement(candidate.argmax(1), reference.argmax(1))}
 
 
 def check_parity(result: dict, limits: ParityConfig) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgepipe.calibration.set import CalibrationSet
 from edgepipe.core.console import console
+from edgepipe.core.metrics import agreement
 
 LAYER_TYPES = ("Conv", "Gemm", "MatMul")
 RANK_IMAGES = 160  # validation images used to rank layers (the goal check uses all of them)
@@ -36,7 +37,7 @@ class ValidationSet:
 
     def score(self, logits: np.ndarray) -> dict:
         pred = logits.argmax(1)
-        return {"agreement": float((pred == self.float_pred).mean()),
+        return {"agreement": agreement(pred, self.float_pred),
                 "accuracy_drop": float((self.float_pred == self.labels).mean() - (pred == self.labels).mean()),
                 "logit_mse": float(((logits - self.float_logits) ** 2).mean())}
 

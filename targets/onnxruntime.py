@@ -100,15 +100,24 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
-def cpu_session(model: bytes, threads: int):
-    """A quiet CPU InferenceSession on in-memory model bytes: for the build's own probes of a graph
-    (layer ranking, weight rounding), not for the timed runner."""
+def session(model: bytes | Path, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    """The one way edgepipe opens an ONNX Runtime session (a file or in-memory model bytes):
+    `threads` intra-op threads, one inter-op, sequential, every graph optimization, quiet log."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=list(providers))
+
+
+def cpu_session(model: bytes, threads: int):
+    """A session on in-memory model bytes: for the build's own probes of a graph (layer ranking,
+    weight rounding), not for the timed runner."""
+    return session(model, threads)
 
 
 def _input_name(path: Path) -> str:
@@ -124,14 +133,7 @@ class OrtRunner(Runner):
         self.session = None
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), opts, providers=list(self.providers))
+        self.session = session(self.path, self.threads, self.providers)
         self._input = self.session.get_inputs()[0]
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
