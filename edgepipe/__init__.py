@@ -20,8 +20,9 @@ def build(config, *, force_from: str | None = None, junit=None, sign_key=None) -
     does; returns the exit code (0, or 3 when a gate fails). Bad input raises EdgepipeError."""
     from pathlib import Path
 
-    from edgepipe.pipeline.build import STAGES, run_stages
+    from edgepipe.pipeline.build import run_stages
     from edgepipe.pipeline.config import load_config as _load
+    from edgepipe.pipeline.stages import STAGES
 
     return run_stages(_load(config), STAGES, None if junit is None else Path(junit), incremental=True,
                       force_from=force_from, sign_key=None if sign_key is None else Path(sign_key))

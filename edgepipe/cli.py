@@ -103,7 +103,7 @@ def build(config: str, junit: Path | None, force_from: str | None, sign_key: Pat
     A stage is up to date when its inputs (config sections, upstream artifacts, dataset files,
     tool versions) are those of its last complete run and its outputs are intact."""
     _require_build_tools()  # before the build side is imported: a field unit has none of it
-    from edgepipe.pipeline.build import STAGES
+    from edgepipe.pipeline.stages import STAGES
 
     if force_from is not None and force_from not in STAGES:
         raise EdgepipeError(f"--force {force_from}: no such stage", f"choose one of: {', '.join(STAGES)}")

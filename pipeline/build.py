@@ -17,8 +17,7 @@ from edgepipe.core.console import console
 from edgepipe.core.errors import EdgepipeError, MissingArtifactError
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import Manifest, sweep_stale_temps
-
-STAGES = ("finetune", "export", "quantize", "verify", "report", "bundle")
+from edgepipe.pipeline.stages import REGISTRY, STAGES, StageRun
 
 
 class _Dataset:
@@ -51,39 +50,6 @@ class _Dataset:
         return self._data
 
 
-def _run_stage(stage: str, cfg: BuildConfig, ds: _Dataset, manifest: Manifest, state: dict, junit: Path | None,
-               sign_key: Path | None = None) -> int:
-    """Run one stage; returns its exit code (only the report's can be non-zero)."""
-    if stage == "finetune":
-        from edgepipe.pipeline.finetune import run_finetune
-
-        run_finetune(cfg, ds.data(), manifest)
-    elif stage == "export":
-        from edgepipe.pipeline.export import run_export
-
-        run_export(cfg, ds.data(), manifest)
-    elif stage == "quantize":
-        from edgepipe.pipeline.quantize import run_quantize
-
-        state["artifacts"] = run_quantize(cfg, ds.data(), manifest)
-    elif stage == "verify":
-        from edgepipe.pipeline.quantize import recorded_artifacts
-        from edgepipe.pipeline.verify import run_verify
-
-        artifacts = state.get("artifacts") or recorded_artifacts(manifest)
-        state["results"] = run_verify(cfg, ds.data(), manifest, artifacts)
-    elif stage == "report":
-        from edgepipe.pipeline.report import run_report
-
-        results = state.get("results") or manifest.read_json("verify", "results")
-        return run_report(cfg, results, manifest, junit)
-    elif stage == "bundle":
-        from edgepipe.pipeline.bundle import run_bundle
-
-        run_bundle(cfg, manifest, sign_key=sign_key)
-    return 0
-
-
 def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = None, *,
                incremental: bool = False, force_from: str | None = None, sign_key: Path | None = None) -> int:
     """Run `stages` (a subsequence of STAGES); returns the exit code (0, or 3 when a gate fails).
@@ -96,12 +62,13 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     from edgepipe.pipeline.ownership import build_lock, claim_dist
 
     signer = None
-    if sign_key is not None and "bundle" in stages:  # a bad key fails now, not after the whole build
+    bundles = any(REGISTRY[s].writes_bundles for s in stages)
+    if sign_key is not None and bundles:  # a bad key fails now, not after the whole build
         from edgepipe.runtime.signing import key_id, load_private_key
 
         signer = key_id(load_private_key(sign_key).public_key())
     with build_lock(cfg.output_dir):
-        if "bundle" in stages and cfg.bundle.enabled:  # before hours of work, not after
+        if bundles and cfg.bundle.enabled:  # before hours of work, not after
             claim_dist(cfg.bundle.dist_dir / cfg.name, cfg.output_dir, cfg.name)
         return _run_locked(cfg, stages, junit, incremental, force_from, sign_key, signer)
 
@@ -109,7 +76,6 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
 def _run_locked(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None, incremental: bool,
                 force_from: str | None, sign_key: Path | None, signer: str | None) -> int:
     from edgepipe.pipeline.keys import stage_inputs, stage_key, upstream_changes
-    from edgepipe.pipeline.report import replay_report
 
     t0 = time.perf_counter()
     manifest = Manifest.open(cfg)
@@ -119,7 +85,7 @@ def _run_locked(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None, i
     if not incremental:
         _refuse_stale_upstream(cfg, stages, manifest, ds, upstream_changes)
     forced = set(stages[stages.index(force_from):]) if force_from in stages else set()
-    state: dict = {}
+    run = StageRun(cfg, manifest, ds.data, junit, sign_key)
     code, ran, current = 0, [], []
     for stage in stages:
         inputs = stage_inputs(stage, cfg, manifest, STAGES, ds.fingerprint)
@@ -128,27 +94,28 @@ def _run_locked(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None, i
             why = f"forced from {force_from}"
         else:
             why = manifest.stale_reason(stage, key, inputs) if incremental else "requested"
-        if why is None and stage == "bundle" and signer is not None:  # a signature is not a stage input
-            if any(b.get("signed_by") != signer for b in manifest.data["stages"]["bundle"].get("bundles", [])):
+        spec = REGISTRY[stage]
+        if why is None and spec.writes_bundles and signer is not None:  # a signature is not a stage input
+            if any(b.get("signed_by") != signer for b in manifest.data["stages"][stage].get("bundles", [])):
                 why = f"--sign: the bundles are not signed by key {signer}"
         if why is None:
             console.print(f"{stage}: up to date (key {key[:12]}…)")
             current.append(stage)
-            if stage == "report":  # the exit code, table and JUnit come from the stored report
-                code = replay_report(manifest, junit)
+            if spec.replay is not None:  # e.g. the report: exit code, table and JUnit from the stored one
+                code = max(code, spec.replay(run))
             continue
         console.rule(f"[bold]{stage}")
         console.print(f"{stage}: running ({why}; key {key[:12]}…)")
         started = time.perf_counter()
         previous = manifest.begin_stage(stage, key)
         try:
-            rc = _run_stage(stage, cfg, ds, manifest, state, junit, sign_key)
+            rc = spec.run(run)
         except EdgepipeError:
             # Bad input (data, config, a missing artifact) found before the stage wrote anything:
             # the stage was not interrupted, so the next run must not say it was.
             manifest.abandon_stage(stage, previous)
             raise
-        code = rc if stage == "report" else code
+        code = max(code, rc)  # only the report's is non-zero (a failed gate)
         manifest.data.setdefault("stage_wall_s", {})[stage] = round(time.perf_counter() - started, 1)
         manifest.complete_stage(stage, key, inputs)
         ran.append(stage)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import edgepipe.pipeline.data
 from edgepipe.cli import cli
 from edgepipe.core.files import sha256_file
-from edgepipe.pipeline.build import STAGES
+from edgepipe.pipeline.stages import STAGES
 from tests.pipeline.conftest import build, manifest, ran
 
 

