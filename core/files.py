@@ -69,5 +69,6 @@ def read_json(path: Path, what: str, fix: str = "rerun the stage that wrote it (
     """Parse a JSON file edgepipe wrote; a damaged one is a one-line error with the fix."""
     try:
         return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MissingArtifactError(f"{path} ({what}) is damaged: not valid JSON ({e})", fix) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit int, [[[[...
+        why = str(e).splitlines()[0][:120] if isinstance(e, ValueError) else "nested too deeply"
+        raise MissingArtifactError(f"{path} ({what}) is damaged: not valid JSON ({why})", fix) from None

@@ -61,6 +61,12 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     for the whole run."""
     from edgepipe.pipeline.ownership import build_lock, claim_dist
 
+    if force_from is not None and force_from not in STAGES:
+        raise EdgepipeError(f"--force {force_from}: no such stage", f"choose one of: {', '.join(STAGES)}")
+    if junit is not None:  # before hours of work, and before a typo overwrites the config or an image
+        from edgepipe.runtime.cli import refuse_foreign_output
+
+        refuse_foreign_output(junit, "--junit", "a JUnit XML report", (b"<?xml", b"<testsuite"), devices_ok=False)
     signer = None
     bundles = any(REGISTRY[s].writes_bundles for s in stages)
     if sign_key is not None and bundles:  # a bad key fails now, not after the whole build
@@ -96,7 +102,8 @@ def _run_locked(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None, i
             why = manifest.stale_reason(stage, key, inputs) if incremental else "requested"
         spec = REGISTRY[stage]
         if why is None and spec.writes_bundles and signer is not None:  # a signature is not a stage input
-            if any(b.get("signed_by") != signer for b in manifest.data["stages"][stage].get("bundles", [])):
+            if any(b.get("signed_by") != signer for b in manifest.data["stages"][stage].get("bundles", [])
+                   if b.get("gates_passed") is not False):  # a bundle that failed its gates stays unsigned
                 why = f"--sign: the bundles are not signed by key {signer}"
         if why is None:
             console.print(f"{stage}: up to date (key {key[:12]}…)")

@@ -33,7 +33,8 @@ from edgepipe.core.files import TMP_MARK, atomic_output, sha256_file
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.quantize import recorded_artifacts
-from edgepipe.runtime.bundle import MANIFEST, SCHEMA, SIGNATURE, TRT_DEVICE_FILES, canonical_meta, file_entry, seal
+from edgepipe.runtime.bundle import (MANIFEST, SCHEMA, SIGNATURE, TRT_DEVICE_FILES, canonical_meta, file_entry, seal,
+                                     validate_meta)
 from edgepipe.targets.base import Artifact
 
 MODEL_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino-ir", "tensorrt": "onnx for TensorRT (engine built on the device)"}
@@ -155,7 +156,10 @@ def write_bundle(final: Path, files: list[Path], meta: dict, sign_key=None) -> P
     try:
         for f in files:
             shutil.copy2(f, tmp / f.name)  # copy2 keeps build_engine.sh executable
-        meta = seal({**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}})
+        # through JSON first: the digest must be of what the device will parse (no int keys, no tuples)
+        meta = json.loads(json.dumps({**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}}))
+        meta = seal(meta)
+        validate_meta(meta)  # never write a bundle the device's loader would refuse
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
         if sign_key is not None:
             from edgepipe.runtime.signing import sign
@@ -236,10 +240,13 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = Non
             continue
         model, files = bundle_files(a)
         meta = bundle_meta(cfg, manifest, report, results, a, rows, model)
-        folder = write_bundle(dist / key, files, meta, sign_key=signing)
+        # A release key vouches for bundles that passed their gates: a failed one is written unsigned,
+        # so a device that trusts only signed bundles never runs it.
+        sign_this = signing if meta["gates"]["passed"] is not False else None
+        folder = write_bundle(dist / key, files, meta, sign_key=sign_this)
         keep.add(key)
         entry = {"artifact": key, "path": str(folder), "verified": meta["verified"]["how"],
-                 "gates_passed": meta["gates"]["passed"], "signed_by": signer}
+                 "gates_passed": meta["gates"]["passed"], "signed_by": signer if sign_this is not None else None}
         if cfg.bundle.archive:
             archive, digest = write_archive(folder, dist / f"{cfg.name}-{key}.tar.gz", f"{cfg.name}-{key}")
             keep |= {archive.name, archive.name + ".sha256"}
@@ -247,7 +254,8 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = Non
         written.append(entry)
         note = {"measured": "", "proxy": " (accuracy verified via the ONNX Runtime proxy)",
                 "none": f" (accuracy NOT verified: {a.reason})"}[meta["verified"]["how"]]
-        gate = "" if meta["gates"]["passed"] is not False else " [red]gates FAILED: do not ship[/]"
+        gate = "" if meta["gates"]["passed"] is not False else \
+            " [red]gates FAILED: do not ship[/]" + (" (left unsigned)" if signing is not None else "")
         signed = f" (signed, key id {signer})" if signer else ""
         console.print(f"  {key:<28} [green]bundle[/] {folder}{signed}{note}{gate}")
     for name in _remove_stale(dist, cfg.name, keep):

@@ -244,7 +244,7 @@ class BuildConfig(_Section):
 
 def _resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
     def rel(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else (base / p).resolve())
+        return None if p is None else (base / p).resolve()  # absolute too: `..` and links, so overlaps compare
 
     return cfg.model_copy(update={
         "output_dir": rel(cfg.output_dir),

@@ -219,7 +219,9 @@ def stratified_split(labels: np.ndarray, cfg: SplitConfig, seed: int, groups: np
         order = np.argsort(first)  # groups in order of first appearance: singletons keep the index order
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        members = [idx[rank[inverse] == g] for g in range(len(order))]
+        g_of = rank[inverse]  # each image's group number, in order of first appearance
+        by_group = np.argsort(g_of, kind="stable")
+        members = np.split(idx[by_group], np.cumsum(np.bincount(g_of, minlength=len(order)))[:-1])
         members = [members[g] for g in np.random.default_rng([seed, int(c)]).permutation(len(members))]
         n_test, n_val = _cut(len(idx), cfg)
         cum, k = np.cumsum([len(m) for m in members]), len(members)

@@ -82,7 +82,9 @@ def upstream_changes(stage: str, cfg: BuildConfig, manifest: Manifest, stages: t
         return None
     if entry.get("status") == "running":
         return f"the last run of {stage} was interrupted"
-    if entry.get("status") != "complete" or "inputs" not in entry:
+    if entry.get("status") == "recorded":  # it wrote its outputs, then failed (e.g. export parity)
+        return f"the last run of {stage} did not complete"
+    if "inputs" not in entry:  # built by an edgepipe without input keys: nothing to compare
         return None
     now = stage_inputs(stage, cfg, manifest, stages, dataset_fingerprint)
     old = entry["inputs"]

@@ -17,7 +17,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from edgepipe.core.errors import MissingArtifactError
 from edgepipe.core.files import TMP_MARK, read_json, sha256_file, write_json
@@ -197,9 +197,16 @@ class _StageRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: str
     key: str | None = None
-    outputs: dict[str, _OutputRecord] = {}
+    finished: str | None = None
+    outputs: dict[str, _OutputRecord] | None = None
     inputs: dict[str, str] = {}
     bundles: list[dict] = []
+
+    @model_validator(mode="after")
+    def _finished_stages_say_what_they_wrote(self):
+        if self.status in ("recorded", "complete") and (self.outputs is None or self.finished is None):
+            raise ValueError(f"a {self.status} stage without its outputs or finish time")
+        return self
 
 
 class _ManifestRecord(BaseModel):

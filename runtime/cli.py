@@ -158,7 +158,8 @@ class LineSink:
         if path is None:
             return
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            # not truncated yet: a bundle refused after this must not cost the previous lines (begin())
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         except OSError as e:
             why = (e.strerror or str(e)).lower()
             if isinstance(e, FileNotFoundError):
@@ -169,6 +170,11 @@ class LineSink:
                 fix = "choose a --jsonl path this user can write"
             raise EdgepipeError(f"cannot write --jsonl {path}: {why}", fix) from None
         self.sync = stat.S_ISREG(os.fstat(self.fd).st_mode)  # fsync fails (EINVAL) on /dev/null, pipes
+
+    def begin(self) -> None:
+        """Empty the file: called once the model is loaded and lines are about to come."""
+        if self.fd is not None and self.sync:  # a regular file (devices and pipes cannot be truncated)
+            os.ftruncate(self.fd, 0)
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
@@ -213,6 +219,7 @@ def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads:
     sink = LineSink(jsonl)
     try:
         with Predictor(bundle, threads=threads, batch_size=batch, proxy=proxy) as p:
+            sink.begin()
             _warn_if_gates_failed(p.bundle)
             for i in range(0, len(paths), p.batch_size):
                 # A batch's lines are buffered and written in input order; input_index pairs a line with its input.
@@ -388,11 +395,15 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     @click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True)
     @click.option("--workspace-mb", type=click.IntRange(min=64), default=1024, show_default=True)
     @click.option("--dla-core", type=click.IntRange(min=0), help="build for this DLA core (GPU fallback on)")
+    @TRUST
     @guard
-    def engine(bundle: Path, max_batch: int, workspace_mb: int, dla_core: int | None) -> None:
-        """Build the TensorRT engine of a TensorRT BUNDLE on this device (exit 4 where TensorRT is missing)."""
+    def engine(bundle: Path, max_batch: int, workspace_mb: int, dla_core: int | None, trust: tuple[Path, ...]) -> None:
+        """Build the TensorRT engine of a TensorRT BUNDLE on this device (exit 4 where TensorRT is missing).
+
+        With --trust the engine is built only from a bundle signed by a trusted key."""
         from edgepipe.core.console import console
         from edgepipe.runtime.engine import build_bundle_engine
 
-        info = build_bundle_engine(bundle, max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core)
+        info = build_bundle_engine(bundle, max_batch=max_batch, workspace_mb=workspace_mb, dla_core=dla_core,
+                                   trusted_keys=trust or None)
         console.print(f"wrote {bundle / 'model.plan'} (TensorRT {info['tensorrt']}, from {info['onnx']})")

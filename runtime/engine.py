@@ -42,8 +42,9 @@ def engine_onnx(bundle: Bundle, trt_major: int) -> Path:
 
 
 def build_bundle_engine(path: str | Path, max_batch: int = 8, workspace_mb: int = 1024,
-                        dla_core: int | None = None) -> dict:
-    bundle = load_bundle(path)  # refuses a changed bundle before spending minutes on it
+                        dla_core: int | None = None, trusted_keys=None) -> dict:
+    # refuses a changed bundle (or, with trusted_keys, one not signed by them) before spending minutes on it
+    bundle = load_bundle(path, trusted_keys=trusted_keys)
     if bundle.target != "tensorrt":
         raise BundleError(f"{bundle.name} is a {bundle.target} bundle: it runs as it is, with no engine to build",
                           "pass a TensorRT bundle (dist/<name>/tensorrt-<precision>)")

@@ -98,7 +98,14 @@ def _engine_plan(bundle: Bundle) -> Path:
     if not plan.is_file() or not record.is_file():
         raise BundleError(f"{bundle.name} holds no TensorRT engine for this device yet",
                           f"run `edgepipe engine {bundle.root}` on the device first")
-    if json.loads(record.read_text()).get("plan_sha256") != sha256_file(plan):
+    try:
+        recorded = json.loads(record.read_text())
+        recorded = recorded.get("plan_sha256") if isinstance(recorded, dict) else None
+    except ValueError:  # not JSON (or not UTF-8): treated as no record at all
+        recorded = None
+    if recorded is None:
+        raise BundleError(f"{bundle.name}: engine.json is damaged", f"rebuild the engine: edgepipe engine {bundle.root}")
+    if recorded != sha256_file(plan):
         raise BundleError(f"{bundle.name}: model.plan does not match engine.json (changed after `edgepipe engine`)",
                           f"rebuild it: edgepipe engine {bundle.root}")
     return plan
@@ -145,8 +152,12 @@ class Predictor:
         self.runner = make_runner(self.bundle, self.threads, proxy).activate()
         self.batch_size = max(1, min(batch_size, self.runner.max_batch or batch_size))
         # One inference at load: a bundle whose model does not fit its labels fails here, not mid-run.
-        width = self.runner.infer(self.spec.normalize(np.zeros((1, self.spec.image_size, self.spec.image_size, 3),
-                                                               np.uint8))).shape[-1]
+        try:
+            width = self.runner.infer(self.spec.normalize(np.zeros((1, self.spec.image_size, self.spec.image_size, 3),
+                                                                   np.uint8))).shape[-1]
+        except BaseException:
+            self.close()  # the session / engine was acquired: release it before the error leaves
+            raise
         if width != len(self.labels):
             self.close()
             raise BundleError(f"{self.bundle.name}: the model has {width} outputs for {len(self.labels)} labels",

@@ -244,5 +244,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         while data:
             data = data[os.write(fd, data):]
         os.fsync(fd)
-    finally:
+    except BaseException:  # a half-written key would make the next keygen refuse "already exists"
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)

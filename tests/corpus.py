@@ -191,6 +191,9 @@ DAMAGED_MANIFESTS = {
     "stage-without-status": _json_edit(lambda d: d["stages"]["finetune"].pop("status")),
     "outputs-a-string": _json_edit(lambda d: d["stages"]["export"].update(outputs="model.onnx")),
     "output-without-path": _json_edit(lambda d: d["stages"]["export"]["outputs"]["onnx"].pop("path")),
+    "complete-stage-without-outputs": _json_edit(lambda d: d["stages"]["quantize"].pop("outputs")),
+    "a-5000-digit-number": lambda raw: raw[:-2] + b', "n": ' + b"9" * 5000 + b"}\n",  # int() refuses it
+    "nested-too-deeply": lambda raw: b"[" * 100_000 + b"]" * 100_000,
 }
 
 

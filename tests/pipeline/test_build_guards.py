@@ -219,3 +219,18 @@ def test_a_bundle_folder_holding_files_edgepipe_did_not_write_is_refused(project
     mine.write_text("mine")
     one_line_error(build(cfg), 2, "which edgepipe did not write")
     assert mine.read_text() == "mine"
+
+
+def test_the_python_api_checks_what_the_cli_checks(tmp_path):
+    """`edgepipe.build` refuses an unknown --force stage and a --junit over a foreign file, as the CLI does."""
+    import edgepipe
+    from edgepipe.core.errors import EdgepipeError
+    from tests.conftest import write_tiny_project
+
+    cfg = write_tiny_project(tmp_path)
+    with pytest.raises(EdgepipeError, match="--force quantise: no such stage"):
+        edgepipe.build(cfg, force_from="quantise")
+    with pytest.raises(EdgepipeError, match="does not hold a JUnit XML report"):
+        edgepipe.build(cfg, junit=cfg)
+    assert not (tmp_path / "out" / "finetune").exists()
+    assert edgepipe.load_config(cfg).name == "tiny" and edgepipe.Predictor.__name__ == "Predictor"

@@ -134,3 +134,22 @@ def test_damaged_bundle_json_is_one_line_naming_the_key(bundle_copy, tiny_build,
         result = _invoke(*args)
         one_line_error(result, 2, fragment)
         assert "internal error" not in result.output and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_bundle_json_python_cannot_parse_is_one_line(bundle_copy):
+    """A 5000-digit number is valid JSON that Python's json refuses with a plain ValueError."""
+    folder = bundle_copy()
+    text = (folder / "bundle.json").read_text()
+    (folder / "bundle.json").write_text(text.rstrip()[:-1] + ', "n": ' + "9" * 5000 + "}\n")
+    with pytest.raises(BundleError, match="bundle.json is not valid JSON"):
+        load_bundle(folder)
+
+
+def test_a_listed_file_that_is_a_symlink_is_refused(bundle_copy, tmp_path):
+    folder = bundle_copy()
+    model = folder / "model.onnx"
+    outside = tmp_path / "elsewhere.onnx"
+    model.rename(outside)
+    model.symlink_to(outside)  # same bytes, but the target can change after the check
+    with pytest.raises(BundleError, match="model.onnx is a symbolic link"):
+        load_bundle(folder)

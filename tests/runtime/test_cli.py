@@ -320,3 +320,13 @@ def test_check_refuses_to_gate_on_incomplete_data(tiny_build, tmp_path, damage):
     bundle = tiny_build["dist"] / "onnxruntime-fp32"
     one_line_error(invoke("check", bundle, folder, "--min-accuracy", "0.01"), 2, fragment)
     assert invoke("check", bundle, folder).exit_code == 0  # without a gate it still reports
+
+
+def test_a_refused_bundle_leaves_the_previous_predictions_file_intact(bundle_copy, tiny_build, tmp_path):
+    folder = bundle_copy()
+    (folder / "model.onnx").write_bytes(b"tampered")
+    out = tmp_path / "predictions.jsonl"
+    out.write_text('{"path": "earlier.png", "label": "left"}\n')
+    image = sorted((tiny_build["images"] / "left").iterdir())[0]
+    one_line_error(invoke("predict", folder, image, "--jsonl", out), 2, "model.onnx")
+    assert out.read_text() == '{"path": "earlier.png", "label": "left"}\n'

@@ -71,3 +71,23 @@ def test_predictor_checks_the_plan_against_engine_json(bundle_copy, fake_tensorr
     (folder / "model.plan").write_bytes(b"another plan")
     with pytest.raises(BundleError, match="model.plan does not match engine.json"):
         make_runner(load_bundle(folder), threads=1)
+
+
+def test_engine_with_trust_refuses_an_unsigned_bundle_before_building(bundle_copy, tmp_path):
+    """A device that runs only signed bundles must not build an engine from an unsigned one."""
+    from click.testing import CliRunner
+
+    from edgepipe.cli import cli
+
+    keys = tmp_path / "k"
+    assert CliRunner().invoke(cli, ["keygen", str(keys)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["engine", str(bundle_copy("tensorrt-int8")), "--trust", f"{keys}.pub"])
+    assert result.exit_code == 2 and "not signed" in result.stderr, result.output
+
+
+def test_a_damaged_engine_record_is_one_line(bundle_copy):
+    folder = bundle_copy("tensorrt-int8")
+    (folder / "model.plan").write_bytes(b"plan")
+    (folder / "engine.json").write_text("{not json")
+    with pytest.raises(BundleError, match="engine.json is damaged"):
+        make_runner(load_bundle(folder), threads=1)

@@ -238,3 +238,18 @@ def test_runtime_imports_cryptography_only_to_sign_or_verify():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_keygen_leaves_no_half_written_key_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import os as os_module
+
+    from edgepipe.runtime import signing
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os_module.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(signing.os, "write", full)
+    with pytest.raises(OSError):
+        signing.generate_key_files(tmp_path / "release.key")
+    assert not (tmp_path / "release.key").exists()
