@@ -41,6 +41,9 @@ def small_build(tmp_path_factory):
     cfg = root / "small.yaml"
     cfg.write_text(yaml.safe_dump(SMALL_ELPV))
     result = invoke("build", cfg)
+    import shutil
+
+    shutil.copytree(root / "out", root / "pristine")  # what _copy_build starts from, whatever tests did to out/
     return root, cfg, result
 
 
@@ -73,6 +76,8 @@ def test_parity_failure_exits_3_and_keeps_the_finetune_output(small_build):
     one_line_error(invoke("export", cfg), 3, "ONNX export does not match torch")
     assert sha256_file(root / "out" / "finetune" / "model.pt") == before
     assert json.loads((root / "out" / "export" / "parity.json").read_text())["passed"] is False
+    # the ONNX that failed parity must not be quantized by a single-stage command
+    one_line_error(invoke("quantize", cfg), 2, "the last run of export did not complete")
 
 
 def test_build_report_has_the_reference_and_the_onnx_row(small_build):
@@ -85,7 +90,7 @@ def test_build_report_has_the_reference_and_the_onnx_row(small_build):
 def _copy_build(root, name, **changes):
     import shutil
 
-    shutil.copytree(root / "out", root / name)
+    shutil.copytree(root / "pristine", root / name)
     cfg = root / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({**SMALL_ELPV, "output_dir": name, **changes}))
     return cfg
