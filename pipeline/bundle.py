@@ -32,9 +32,18 @@ from edgepipe.core.errors import MissingArtifactError
 from edgepipe.core.files import TMP_MARK, atomic_output, sha256_file
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.ownership import written_by_edgepipe
 from edgepipe.pipeline.quantize import recorded_artifacts
-from edgepipe.runtime.bundle import (MANIFEST, SCHEMA, SIGNATURE, TRT_DEVICE_FILES, canonical_meta, file_entry, seal,
-                                     validate_meta)
+from edgepipe.runtime.bundle import (
+    MANIFEST,
+    SCHEMA,
+    SIGNATURE,
+    TRT_DEVICE_FILES,
+    canonical_meta,
+    file_entry,
+    seal,
+    validate_meta,
+)
 from edgepipe.targets.base import Artifact
 
 MODEL_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino-ir", "tensorrt": "onnx for TensorRT (engine built on the device)"}
@@ -196,8 +205,7 @@ def _remove_stale(dist: Path, name: str, keep: set[str]) -> list[str]:
     """Bundles and archives of this build name that this run did not write (their artifact is gone or failed)."""
     removed = []
     for p in sorted(dist.iterdir()) if dist.is_dir() else []:
-        ours = (p.is_dir() and (p / MANIFEST).is_file()) or (p.name.startswith(f"{name}-") and p.name.endswith((".tar.gz", ".tar.gz.sha256")))
-        if ours and p.name not in keep:
+        if written_by_edgepipe(p, name) and p.name not in keep:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(p.name)
     return removed

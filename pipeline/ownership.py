@@ -86,7 +86,7 @@ def claim_dist(dist: Path, output_dir: Path, name: str) -> None:
                           "give this config another `name` or bundle.dist_dir (or delete that folder if the "
                           "other build is gone)")
     if owner is None:
-        foreign = sorted(p.name for p in dist.iterdir() if not _written_by_edgepipe(p, name)) if dist.is_dir() else []
+        foreign = sorted(p.name for p in dist.iterdir() if not written_by_edgepipe(p, name)) if dist.is_dir() else []
         if foreign:
             raise ConfigError(f"bundle folder {dist} (bundle.dist_dir / name) holds {', '.join(foreign[:3])}"
                               f"{' ...' if len(foreign) > 3 else ''}, which edgepipe did not write: bundling would "
@@ -96,8 +96,14 @@ def claim_dist(dist: Path, output_dir: Path, name: str) -> None:
         write_json(marker, {"output_dir": os.path.relpath(output_dir.resolve(), dist.resolve())})
 
 
-def _written_by_edgepipe(p: Path, name: str) -> bool:
-    """A bundle folder, a release archive of this build name, or a temp file of either."""
+def written_by_edgepipe(p: Path, name: str) -> bool:
+    """In <dist_dir>/<name>: a bundle folder, a release archive of this build name, or a temp file
+    of either (the bundle stage may replace or delete these, and nothing else)."""
+    from edgepipe.core.files import TMP_MARK
+    from edgepipe.runtime.bundle import MANIFEST
+
+    if TMP_MARK in p.name:
+        return True
     if p.is_dir() and not p.is_symlink():
-        return (p / "bundle.json").is_file() or ".tmp-" in p.name
-    return (p.name.startswith(f"{name}-") and p.name.endswith((".tar.gz", ".tar.gz.sha256"))) or ".tmp-" in p.name
+        return (p / MANIFEST).is_file()
+    return p.name.startswith(f"{name}-") and p.name.endswith((".tar.gz", ".tar.gz.sha256"))

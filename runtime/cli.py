@@ -203,11 +203,12 @@ class LineSink:
 
 
 def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads: int | None, batch: int,
-             proxy: bool) -> None:
+             proxy: bool, trust: tuple[Path, ...] = ()) -> None:
     import numpy as np
 
     from edgepipe.core.console import console
     from edgepipe.core.errors import EdgepipeError, ImageError
+    from edgepipe.runtime.bundle import load_bundle
     from edgepipe.runtime.predictor import Predictor
 
     paths = list(expand_inputs(images))
@@ -216,9 +217,10 @@ def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads:
     if jsonl is not None:
         refuse_output_over_input(jsonl, images, paths)  # before the bundle loads and the file is truncated
     ok = failed = 0
+    checked = load_bundle(bundle, trusted_keys=trust or None)  # files, digest and (with --trust) signature
     sink = LineSink(jsonl)
     try:
-        with Predictor(bundle, threads=threads, batch_size=batch, proxy=proxy) as p:
+        with Predictor(checked, threads=threads, batch_size=batch, proxy=proxy) as p:
             sink.begin()
             _warn_if_gates_failed(p.bundle)
             for i in range(0, len(paths), p.batch_size):
@@ -301,11 +303,7 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
         """Predict IMAGES (files or folders) with BUNDLE: one JSON line per image, written as it goes.
 
         Unreadable images get an {"path", "error"} line and the run continues."""
-        if trust:  # a Bundle loaded (and its signature verified) here; Predictor takes it as it is
-            from edgepipe.runtime.bundle import load_bundle
-
-            bundle = load_bundle(bundle, trusted_keys=trust)
-        _predict(bundle, images, jsonl, threads, batch, proxy)
+        _predict(bundle, images, jsonl, threads, batch, proxy, trust)
 
     @cli.command()
     @BUNDLE
@@ -320,10 +318,11 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     def bench(bundle: Path, threads: int | None, runs: int | None, warmup: int | None, image: Path | None,
               as_json: bool, proxy: bool, trust: tuple[Path, ...]) -> None:
         """Latency of BUNDLE on this device (p50/p95/p99, throughput), measured as the build's verify stage did."""
+        from edgepipe.runtime.bundle import load_bundle
         from edgepipe.runtime.evaluate import bench as run_bench
         from edgepipe.runtime.predictor import Predictor
 
-        with Predictor(bundle, threads=threads, proxy=proxy, trusted_key=trust or None) as p:
+        with Predictor(load_bundle(bundle, trusted_keys=trust or None), threads=threads, proxy=proxy) as p:
             _warn_if_gates_failed(p.bundle)
             result = run_bench(p, runs=runs, warmup=warmup, image=image)
         if as_json:

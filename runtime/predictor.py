@@ -181,8 +181,7 @@ class Predictor:
     # -- inference --------------------------------------------------------------------------------
     def logits(self, rgb8: np.ndarray) -> np.ndarray:
         """NxSxSx3 uint8 -> N x classes logits, in batches of batch_size."""
-        return np.concatenate([self.runner.infer(self.spec.normalize(rgb8[i:i + self.batch_size]))
-                               for i in range(0, len(rgb8), self.batch_size)])
+        return self.runner.infer_batched(self.spec.normalize(rgb8), self.batch_size)
 
     def predict_pixels(self, rgb8: np.ndarray, sources: Sequence[str | None] | None = None) -> list[Prediction]:
         out = []
