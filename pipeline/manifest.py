@@ -164,8 +164,8 @@ class Manifest:
             if self.sha256(self.out_dir / out["path"]) != out["sha256"]:
                 return f"output {out['path']} is missing or changed"
         for b in entry.get("bundles", []):  # the bundle stage writes outside the output dir
-            if not Path(b["path"]).is_dir() or ("archive" in b and self.sha256(Path(b["archive"])) != b.get("archive_sha256")):
-                return f"bundle {b['path']} is missing or changed"
+            if why := _bundle_changed(b, self.sha256):
+                return f"bundle {b['path']} {why}"
         return None
 
     def output(self, stage: str, name: str) -> Path:
@@ -227,6 +227,24 @@ def _read_manifest(path: Path) -> dict:
         where = ".".join(str(p) for p in e.errors()[0]["loc"]) or "(top level)"
         raise MissingArtifactError(f"{path} is damaged: {where}: {e.errors()[0]['msg']}", fix) from None
     return data
+
+
+def _bundle_changed(entry: dict, sha256) -> str | None:
+    """Why a bundle the stage wrote no longer is what it wrote (the device's own integrity check:
+    files, bundle.json's digest, the signature when it was signed), or None."""
+    from edgepipe.core.errors import BundleError
+    from edgepipe.runtime.bundle import SIGNATURE, load_bundle
+
+    folder = Path(entry["path"])
+    try:
+        load_bundle(folder)
+    except BundleError as e:
+        return f"is missing or changed ({e.problem.removeprefix(f'bundle {folder}: ')})"
+    if entry.get("signed_by") and not (folder / SIGNATURE).is_file():
+        return f"lost its signature ({SIGNATURE})"
+    if "archive" in entry and sha256(Path(entry["archive"])) != entry.get("archive_sha256"):
+        return "has a missing or changed archive"
+    return None
 
 
 def _now() -> str:

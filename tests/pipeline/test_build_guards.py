@@ -234,3 +234,24 @@ def test_the_python_api_checks_what_the_cli_checks(tmp_path):
         edgepipe.build(cfg, junit=cfg)
     assert not (tmp_path / "out" / "finetune").exists()
     assert edgepipe.load_config(cfg).name == "tiny" and edgepipe.Predictor.__name__ == "Predictor"
+
+
+@pytest.mark.parametrize("tamper", ["model-file", "labels", "signature"])
+def test_a_bundle_changed_after_the_build_is_rewritten_by_the_next_build(project, tmp_path, tamper):
+    root, configure = project
+    cfg = configure()
+    assert invoke("keygen", tmp_path / "k").exit_code == 0
+    assert build(cfg, "--sign", tmp_path / "k").exit_code == 0
+    folder = root / "dist" / "tiny" / "onnxruntime-fp32"
+    if tamper == "model-file":
+        (folder / "model.onnx").write_bytes(b"x")
+    elif tamper == "labels":
+        meta = json.loads((folder / "bundle.json").read_text())
+        (folder / "bundle.json").write_text(json.dumps(meta | {"labels": meta["labels"][::-1]}))
+    else:
+        (folder / "bundle.sig").unlink()
+    result = build(cfg, "--sign", tmp_path / "k")
+    assert result.exit_code == 0 and f"bundle: running (bundle {folder}" in result.stderr, result.stderr
+    from edgepipe.runtime.bundle import load_bundle
+
+    assert load_bundle(folder, trusted_keys=[tmp_path / "k.pub"]).signed_by
