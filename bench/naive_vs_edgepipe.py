@@ -34,7 +34,7 @@ from edgepipe.pipeline.quantize import recorded_artifacts
 from edgepipe.pipeline.torch_model import TorchRunner, load_checkpoint
 from edgepipe.targets import get_target
 from edgepipe.targets.base import Runner
-from edgepipe.targets.onnxruntime import OrtRunner
+from edgepipe.targets.onnxruntime.runner import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 NAIVE_CALIBRATION = 256

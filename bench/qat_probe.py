@@ -42,7 +42,7 @@ from edgepipe.pipeline.finetune import _augment, _Normalize
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.torch_model import load_checkpoint, pick_device
 from edgepipe.targets import get_target
-from edgepipe.targets.onnxruntime import OrtRunner
+from edgepipe.targets.onnxruntime.runner import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 

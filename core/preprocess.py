@@ -81,10 +81,15 @@ class PreprocessSpec:
             rgb = rgb.resize((self.image_size, self.image_size), Image.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
 
+    def standardize(self, x01, mean, std):
+        """The one normalisation formula, (x - mean) / std on pixels scaled to [0, 1]: numpy here,
+        torch tensors on the training device in finetune (mean / std shaped to broadcast there)."""
+        return (x01 - mean) / std
+
     def normalize(self, rgb8: np.ndarray) -> np.ndarray:
         """NHWC (or HWC) uint8 -> NCHW float32 normalized, the network's input."""
-        x = rgb8.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        x = self.standardize(rgb8.astype(np.float32) / 255.0, np.asarray(self.mean, np.float32),
+                             np.asarray(self.std, np.float32))
         if x.ndim == 3:
             x = x[None]
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

@@ -155,6 +155,32 @@ def bundle_(config: str, sign_key: Path | None) -> None:
     _run(config, ("bundle",), sign_key=sign_key)
 
 
+@cli.command()
+@click.argument("record", required=False, type=click.Choice(["verify-results", "report", "bundle"]))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="write every schema to OUT/<record>.json instead of printing one")
+@_guard
+def schema(record: str | None, out_dir: Path | None) -> None:
+    """Print the JSON schema of a record edgepipe writes (verify/results.json, report.json, bundle.json)."""
+    import json
+
+    from edgepipe.core.files import atomic_output
+    from edgepipe.pipeline.records import json_schemas
+
+    schemas = json_schemas()
+    if out_dir is None:
+        if record is None:
+            raise click.UsageError("name a record (verify-results, report, bundle) or pass --out DIR")
+        click.echo(json.dumps(schemas[record], indent=2))
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in schemas.items():
+        if record in (None, name):
+            with atomic_output(out_dir / f"{name}.json") as tmp:
+                tmp.write_text(json.dumps(body, indent=2) + "\n")
+            click.echo(f"wrote {out_dir / f'{name}.json'}")
+
+
 # predict / bench / check / engine: the field-unit commands, which need no build tools.
 from edgepipe.runtime.cli import add_runtime_commands  # noqa: E402  (they reuse _guard, defined above)
 

@@ -64,7 +64,7 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
     if force_from is not None and force_from not in STAGES:
         raise EdgepipeError(f"--force {force_from}: no such stage", f"choose one of: {', '.join(STAGES)}")
     if junit is not None:  # before hours of work, and before a typo overwrites the config or an image
-        from edgepipe.runtime.cli import refuse_foreign_output
+        from edgepipe.runtime.cli_io import refuse_foreign_output
 
         refuse_foreign_output(junit, "--junit", "a JUnit XML report", (b"<?xml", b"<testsuite"), devices_ok=False)
     signer = None

@@ -5,9 +5,11 @@ file(s) and bundle.json (schema in runtime/bundle.py), and <name>-<target>-<prec
 (+ .sha256) beside it, the release asset. A field unit loads it with `edgepipe.Predictor` or
 `edgepipe predict`, which need no torch.
 
-Artifacts that failed to build or to run in verify get no bundle (the console says why). TensorRT
-bundles are written even where TensorRT is missing: they are what goes to the Jetson; bundle.json
-says whether their accuracy was verified through the ONNX Runtime proxy or not at all.
+Artifacts that failed to build or to run in verify get no bundle (the console says why). What a
+bundle holds, its model format and runtime are its backend's (targets/<backend>/: Target.bundle_files,
+Device.runtime_requirement). A backend whose bundles are built on the device (TensorRT) gets its
+bundle even where it is missing here; bundle.json says whether its accuracy was verified through a
+proxy or not at all.
 Each folder and archive appears under its final name only when complete (temp + rename), and
 dist/<name>/ holds only this build's bundles: a stale one from an earlier build is removed.
 With a signing key (`--sign KEY`, an Ed25519 PEM private key) each bundle also gets bundle.sig
@@ -34,21 +36,19 @@ from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.ownership import written_by_edgepipe
 from edgepipe.pipeline.quantize import recorded_artifacts
+from edgepipe.pipeline.records import read_report, read_results
 from edgepipe.runtime.bundle import (
     MANIFEST,
     SCHEMA,
     SIGNATURE,
-    TRT_DEVICE_FILES,
     canonical_meta,
     file_entry,
     seal,
     validate_meta,
 )
+from edgepipe.targets import get_device, get_target
 from edgepipe.targets.base import Artifact
 
-MODEL_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino-ir", "tensorrt": "onnx for TensorRT (engine built on the device)"}
-# The file TensorRT parses: the Q/DQ graph for int8, the float graph for fp16 (model_fp16.onnx rides along for TensorRT 11).
-TRT_MODEL = {"int8": "model_qdq.onnx", "fp16": "model.onnx"}
 ROW_KEYS = ("accuracy", "macro_f1", "per_class_recall", "confusion", "accuracy_delta", "agreement", "vs_parent",
             "latency_ms", "throughput", "runtime")
 
@@ -56,35 +56,11 @@ ROW_KEYS = ("accuracy", "macro_f1", "per_class_recall", "confusion", "accuracy_d
 def _no_bundle_reason(a: Artifact, row: dict | None) -> str | None:
     if a.status == "failed":
         return f"failed to build: {a.reason}"
-    if a.status == "skipped" and not (a.target == "tensorrt" and a.files):
+    if a.status == "skipped" and not (get_target(a.target).bundles_unbuilt and a.files):
         return f"not built: {a.reason}"
     if a.status == "built" and (row is None or row["status"] != "ok"):
         return f"failed verify: {row['reason'] if row else 'no verify result'}"
     return None
-
-
-def io_spec(model: Path) -> tuple[dict, dict]:
-    """Input and output {name, shape (null = dynamic), dtype} as the runtime will see them."""
-    if model.suffix == ".xml":
-        import openvino as ov
-
-        m = ov.Core().read_model(str(model))
-
-        def port(p):
-            return {"name": p.get_any_name(), "shape": [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
-                    "dtype": p.get_element_type().to_dtype().name}
-
-        return port(m.inputs[0]), port(m.outputs[0])
-    import onnx
-
-    g = onnx.load(str(model), load_external_data=False).graph
-
-    def value(v):
-        t = v.type.tensor_type
-        return {"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim],
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
-
-    return value(g.input[0]), value(g.output[0])
 
 
 def _verified(a: Artifact, rows: dict, results: dict, report: dict) -> tuple[dict, dict]:
@@ -103,21 +79,9 @@ def _verified(a: Artifact, rows: dict, results: dict, report: dict) -> tuple[dic
     return verified, {"passed": not failed, "failed": failed}
 
 
-def _runtime(target: str, versions: dict) -> dict:
-    if target == "tensorrt":
-        return {"package": "tensorrt", "version": None,
-                "install": "JetPack provides TensorRT; pip install 'edgepipe[runtime]' cuda-python"}
-    version = versions.get(target)
-    pin = f"=={version}" if version else ""
-    return {"package": target, "version": version, "install": f"pip install 'edgepipe[runtime]' {target}{pin}"}
-
-
 def bundle_files(a: Artifact) -> tuple[Path, list[Path]]:
-    """(model file, every file the bundle holds). A TensorRT plan is tied to its GPU: never shipped."""
-    if a.target == "tensorrt":
-        files = [f for f in a.files if f.name not in TRT_DEVICE_FILES]
-        return next(f for f in files if f.name == TRT_MODEL[a.precision]), files
-    return a.path, list(a.files or [a.path])
+    """(model file, every file the bundle holds): the backend's choice (TensorRT never ships a plan)."""
+    return get_target(a.target).bundle_files(a)
 
 
 def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dict, a: Artifact, rows: dict,
@@ -125,7 +89,8 @@ def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dic
     dataset = manifest.data.get("dataset") or {}
     if "preprocess" not in dataset:
         raise MissingArtifactError(f"{manifest.path} records no preprocessing spec", "rerun `edgepipe build`")
-    inp, out = io_spec(model)
+    target, device = get_target(a.target), get_device(a.target)
+    inp, out = target.io_spec(model)
     verified, gates = _verified(a, rows, results, report)
     stages = manifest.data["stages"]
     return {
@@ -133,9 +98,9 @@ def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dic
         "precision": a.precision, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "labels": list(results["classes"]), "preprocess": dataset["preprocess"], "input": inp, "output": out,
         # details minus the build machine's own paths
-        "model": {"path": model.name, "format": MODEL_FORMAT[a.target],
+        "model": {"path": model.name, "format": target.model_format,
                   "details": {k: v for k, v in a.details.items() if k != "bundle"}},
-        "runtime": _runtime(a.target, manifest.data.get("tool_versions", {})),
+        "runtime": device.runtime_requirement(manifest.data.get("tool_versions", {})),
         "verified": verified, "gates": gates,
         "build": {"edgepipe": __version__, "config_sha256": report["config_sha256"], "report_created": report["created"],
                   "report_sha256": stages["report"]["outputs"]["report_json"]["sha256"],
@@ -143,7 +108,7 @@ def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dic
                   "calibration_sha256": stages["quantize"]["metrics"].get("calibration_sha256"),
                   "dataset_sha256": dataset.get("sha256"), "split_sha256": dataset.get("split_sha256")},
         "tool_versions": manifest.data.get("tool_versions", {}),
-        "device_files": list(TRT_DEVICE_FILES) if a.target == "tensorrt" else [],
+        "device_files": list(device.device_files),
     }
 
 
@@ -232,8 +197,7 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = Non
     if not cfg.bundle.enabled:
         console.print("bundles disabled (bundle.enabled: false)")
         return []
-    report = manifest.read_json("report", "report_json")
-    results = manifest.read_json("verify", "results")
+    report, results = read_report(manifest), read_results(manifest)
     _check_order(manifest)
     rows = {r["name"]: r for r in report["rows"]}
     dist = cfg.bundle.dist_dir / cfg.name

@@ -9,18 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from edgepipe.core.errors import ConfigError
+from edgepipe.targets.section import Section, TargetSection
 
-
-class _Section(BaseModel):
-    # Unknown keys are typos far more often than intent: refuse them. NaN / Inf (YAML .nan, .inf)
-    # pass every `ge` / `le` bound check that compares false, so they are refused outright.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_Section = Section  # strict keys, no NaN / Inf: shared with the backends' sections
 
 
 class SplitConfig(_Section):
@@ -144,60 +141,24 @@ class GateConfig(_Section):
     max_latency_ms: float | None = Field(None, gt=0, description="batch-1 p50 latency limit")
 
 
-class GateOverride(_Section):
-    """Per-target gates; a field left null uses the global `gates` value."""
+def _target_section(entry):
+    """A `targets:` entry validated by the section of the backend it names (targets/<name>/config.py)."""
+    from edgepipe.targets import REGISTRY, backend
 
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
-    min_agreement: float | None = Field(None, ge=0, le=1)
-    max_latency_ms: float | None = Field(None, gt=0)
-
-    def over(self, base: GateConfig) -> GateConfig:
-        return base.model_copy(update={k: v for k, v in self.model_dump().items() if v is not None})
-
-
-CalibrationMethod = Literal["minmax", "entropy", "percentile"]
-
-
-def _each_once(values: list) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError(f"each precision may appear once; got {values}")
-    return values
-
-
-class _TargetSection(_Section):
-    @field_validator("precisions", check_fields=False)
-    @classmethod
-    def _each_precision_once(cls, precisions: list) -> list:
-        return _each_once(precisions)
-
-
-class OnnxRuntimeTargetConfig(_TargetSection):
-    name: Literal["onnxruntime"]
-    precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
-    calibration_method: CalibrationMethod = "minmax"
-    gates: GateOverride = GateOverride()
-
-
-class OpenVinoTargetConfig(_TargetSection):
-    name: Literal["openvino"]
-    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "fp16", "int8"], min_length=1)
-    gates: GateOverride = GateOverride()
-
-
-class TensorRtTargetConfig(_TargetSection):
-    name: Literal["tensorrt"]
-    precisions: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16", "int8"], min_length=1)
-    calibration_method: CalibrationMethod = "minmax"
-    gates: GateOverride = GateOverride()
-
-
-TargetConfig = Annotated[Union[OnnxRuntimeTargetConfig, OpenVinoTargetConfig, TensorRtTargetConfig],
-                         Field(discriminator="name")]
+    if isinstance(entry, TargetSection):
+        return entry
+    if not isinstance(entry, dict):
+        raise ValueError(f"each target is a mapping with a name, one of {', '.join(REGISTRY)}")
+    name = entry.get("name")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown target {name!r}: edgepipe builds for {', '.join(REGISTRY)}")
+    return backend(name).config_class().model_validate(entry)
 
 
 def _default_targets() -> list:
-    return [OnnxRuntimeTargetConfig(name="onnxruntime"), OpenVinoTargetConfig(name="openvino"),
-            TensorRtTargetConfig(name="tensorrt")]
+    from edgepipe.targets import backends
+
+    return [b.config_class()(name=b.name) for b in backends() if b.default]
 
 
 class VerifyConfig(_Section):
@@ -225,7 +186,8 @@ class BuildConfig(_Section):
     export: ExportConfig = ExportConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     fallback: FallbackConfig = FallbackConfig()
-    targets: list[TargetConfig] = Field(default_factory=_default_targets, min_length=1)
+    # each entry is its backend's own section; SerializeAsAny: dumped (and hashed) with all of its fields
+    targets: list[SerializeAsAny[Annotated[TargetSection, BeforeValidator(_target_section)]]] = Field(default_factory=_default_targets, min_length=1)
     verify: VerifyConfig = VerifyConfig()
     gates: GateConfig = GateConfig()
     bundle: BundleConfig = BundleConfig()

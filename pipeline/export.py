@@ -53,7 +53,7 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     """Logits of the exported graph on ONNX Runtime, through the runner verify times."""
     import os
 
-    from edgepipe.targets.onnxruntime import OrtRunner
+    from edgepipe.targets.onnxruntime.runner import OrtRunner
 
     with OrtRunner(path, threads=os.cpu_count() or 1, name="export") as runner:
         return runner.infer_batched(x, batch=max(1, len(x)))

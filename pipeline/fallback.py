@@ -70,7 +70,8 @@ def rank_layers(onnx_path: Path, calib: CalibrationSet, val: ValidationSet, thre
     """Layers (ONNX node names) ordered by how much keeping them in float helps, most first."""
     import onnx
 
-    from edgepipe.targets.onnxruntime import OrtQuantPreset, cpu_session
+    from edgepipe.targets.onnxruntime.builder import OrtQuantPreset
+    from edgepipe.targets.onnxruntime.runner import cpu_session
 
     preset = OrtQuantPreset(qdq_on_weights=True)  # the CPU preset, with float weights left reachable
     x, ref = val.x[:limit], val.float_logits[:limit]

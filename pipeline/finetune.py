@@ -87,12 +87,15 @@ def _augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch
 
 
 class _Normalize:
+    """The spec's normalisation on augmented NCHW tensors already on the training device."""
+
     def __init__(self, spec, device):
+        self.spec = spec
         self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
 
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
-        return ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.spec.standardize(x01, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
 
 def _class_weights(labels: np.ndarray, n_classes: int, on: bool) -> torch.Tensor | None:

@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from edgepipe.core.errors import MissingArtifactError
 from edgepipe.core.files import TMP_MARK, read_json, sha256_file, write_json
 from edgepipe.pipeline.config import BuildConfig
+from edgepipe.targets import build_tools
 
-TOOLS = ("edgepipe", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxslim", "numpy", "pillow",
-         "openvino", "nncf", "tensorrt")
+# what every build runs, then each registered backend's build packages (targets/<backend>/__init__.py)
+TOOLS = tuple(dict.fromkeys(("edgepipe", "torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxslim", "numpy",
+                             "pillow") + build_tools()))
 
 
 @cache

@@ -1,16 +1,8 @@
 """Report stage: gates on the verify results, report.json (schema below), report.md, a console
 table and optional JUnit XML.
 
-report.json, schema "edgepipe-report/1":
-  name, created, config_sha256, machine{cpu, logical_cpus, threads, platform}, test_images,
-  reference ("torch-fp32"), passed (bool), exit_code (0 or 3),
-  rows[]: name, target, precision, status (ok|skipped|failed), reason, proxy (label or null),
-          accuracy, macro_f1, per_class_recall{class: recall}, confusion[[true x predicted]],
-          accuracy_delta (vs reference), agreement (top-1 vs reference),
-          vs_parent{parent, accuracy_delta, agreement, max_abs_logit_diff},
-          latency_ms{p50, p95, p99, mean, runs}, throughput{batch, images_per_s}, size_bytes, details{}
-  gates[]: artifact, gate (max_accuracy_drop|min_agreement|max_latency_ms|build), status (passed|failed|skipped),
-           limit, value, reason
+report.json is a pipeline/records.py Report (schema "edgepipe-report/1"; JSON schema in
+docs/schemas/report.json): the verify rows, the gates on them, passed / exit_code.
 """
 
 from __future__ import annotations
@@ -25,6 +17,7 @@ from edgepipe.core.console import console
 from edgepipe.core.files import atomic_output, write_json
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.records import REPORT_SCHEMA, Report, checked, read_report
 
 EXIT_GATE_FAILED = 3
 
@@ -147,13 +140,13 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
     """Write the reports and return the build's exit code: 0 all gates pass, 3 a gate failed."""
     gates = evaluate_gates(results, cfg)
     passed = not any(g["status"] == "failed" for g in gates)
-    report = {"schema": "edgepipe-report/1", "name": cfg.name,
+    report = {"schema": REPORT_SCHEMA, "name": cfg.name,
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "config_sha256": cfg.sha256(), "machine": results["machine"], "test_images": results["test_images"],
               "reference": results["reference"], "passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED,
               "rows": results["rows"], "gates": gates}
     out = cfg.output_dir
-    outputs = {"report_json": write_json(out / "report.json", report)}
+    outputs = {"report_json": write_json(out / "report.json", checked(Report, report, "report.json"))}
     with atomic_output(out / "report.md") as tmp:
         tmp.write_text(render_markdown(report))
     outputs["report_md"] = out / "report.md"
@@ -169,7 +162,7 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
 def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
     """The report stage is up to date: show the stored report again, write JUnit if asked, and
     return its exit code, so an incremental build exits as the full one did."""
-    report = manifest.read_json("report", "report_json")
+    report = read_report(manifest)
     if junit is not None:
         write_junit(junit.resolve(), report)
     _announce(report)

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import TOOLS, Manifest
+from edgepipe.targets import build_tools, runtime_packages
 
 ALL = None  # every output of the upstream stage, plus its artifact list
 
@@ -101,9 +102,10 @@ def _verify(r: StageRun) -> int:
 
 
 def _report(r: StageRun) -> int:
+    from edgepipe.pipeline.records import read_results
     from edgepipe.pipeline.report import run_report
 
-    results = r.state.get("results") or r.manifest.read_json("verify", "results")
+    results = r.state.get("results") or read_results(r.manifest)
     return run_report(r.cfg, results, r.manifest, r.junit)
 
 
@@ -128,10 +130,10 @@ _STAGES = (
           reads={"finetune": ("checkpoint",)},
           tools=("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"), dataset=True),
     Stage("quantize", _quantize, _quantize_config, reads={"export": ("onnx",)},
-          tools=("onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy"), dataset=True),
+          tools=("onnx", *build_tools(), "numpy"), dataset=True),
     Stage("verify", _verify, lambda cfg: {"verify": cfg.verify.model_dump(mode="json")},
           reads={"finetune": ("checkpoint",), "quantize": ALL},
-          tools=("torch", "timm", "onnxruntime", "openvino", "tensorrt", "numpy"), dataset=True, machine=True),
+          tools=("torch", "timm", *runtime_packages(), "numpy"), dataset=True, machine=True),
     # report.json carries the config hash, and the report is cheap: any config change reruns it
     Stage("report", _report, lambda cfg: {"sha256": cfg.sha256()}, reads={"verify": ("results",)}, tools=(),
           dataset=False, replay=_replay_report),

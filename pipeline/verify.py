@@ -20,6 +20,7 @@ from edgepipe.core.preprocess import PreprocessSpec
 from edgepipe.pipeline.config import BuildConfig, VerifyConfig
 from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.records import VERIFY_SCHEMA, VerifyResults, checked
 from edgepipe.targets import get_target
 from edgepipe.targets.base import Artifact, Runner
 
@@ -87,12 +88,12 @@ def run_verify(cfg: BuildConfig, data: PreparedData, manifest: Manifest, artifac
                                                     logits[parent_name], ref_acc)}
             rows.append(row)
             bar.advance(task)
-    results = {"schema": "edgepipe-verify/1", "test_images": int(len(y_te)), "classes": list(data.classes),
+    results = {"schema": VERIFY_SCHEMA, "test_images": int(len(y_te)), "classes": list(data.classes),
                "reference": REFERENCE, "machine": machine_info(vcfg.threads),
                "method": {"warmup": vcfg.warmup, "runs": vcfg.runs, "batch_latency": 1,
                           "throughput_batch": vcfg.throughput_batch, "timing": "wall clock around runner.infer"},
                "rows": rows}
-    path = write_json(cfg.output_dir / "verify" / "results.json", results)
+    path = write_json(cfg.output_dir / "verify" / "results.json", checked(VerifyResults, results, "verify/results.json"))
     manifest.record_stage("verify", {"results": path}, {r["name"]: r.get("accuracy") for r in rows},
                           wall_s=round(time.perf_counter() - t0, 1))
     return results

@@ -92,7 +92,7 @@ def layer_hessians(model, layers: list[Layer], images: np.ndarray,
     and how many positions (samples) each layer's H sums."""
     import onnx
 
-    from edgepipe.targets.onnxruntime import cpu_session
+    from edgepipe.targets.onnxruntime.runner import cpu_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

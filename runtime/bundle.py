@@ -42,7 +42,6 @@ OLD_SCHEMAS = {"edgepipe-bundle/1": "written by an older edgepipe, without the d
 MANIFEST = "bundle.json"
 SIGNATURE = "bundle.sig"  # written by `--sign`; not listed in files (it signs them)
 # Written by `edgepipe engine` on the device, so they cannot be hashed at build time.
-TRT_DEVICE_FILES = ("model.plan", "engine.json", "timing.cache", "calibration.cache")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # flat: no folders, no "..", no hidden files
 
 

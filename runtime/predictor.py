@@ -1,13 +1,12 @@
 """Predictor: run a deploy bundle on images. numpy, PIL and the bundle's own backend; no torch.
 
-The runner is the one the build's verify stage measured (targets.<backend>.load with the same
+The runner is the one the build's verify stage measured (the backend's Device.runner with the same
 settings), and preprocessing is edgepipe.core.preprocess with the spec stored in the bundle, so a
 field unit computes what the build report measured.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +15,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edgepipe.core.errors import BackendMissing, BundleError, ImageError
-from edgepipe.core.files import sha256_file
 from edgepipe.core.preprocess import DECODE_ERRORS, UnreadableFile, decode_image, from_array, read_image_bytes
 from edgepipe.runtime.bundle import Bundle, load_bundle
-from edgepipe.targets.base import Runner
+from edgepipe.targets.base import Artifact, Device, Runner
 
 ImageLike = str | Path | Image.Image | np.ndarray
-
-# target -> (module the runner imports, what to install when it is missing)
-BACKEND_MODULES = {"onnxruntime": ("onnxruntime", "pip install onnxruntime"),
-                   "openvino": ("openvino", "pip install openvino"),
-                   "tensorrt": ("tensorrt", "use JetPack's TensorRT and pip install cuda-python")}
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -50,65 +42,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _require(target: str, install_hint: str | None) -> None:
-    module, default_hint = BACKEND_MODULES[target]
+def _require(device: Device, target: str, install_hint: str | None) -> None:
     try:
-        importlib.import_module(module)
-        if target == "tensorrt":
-            from edgepipe.targets.trt_engine import _cudart
-
-            _cudart()
+        device.require()
     except ImportError as e:
-        raise BackendMissing(f"this {target} bundle needs {e.name or module}, which is not installed here",
-                             install_hint or default_hint) from None
+        raise BackendMissing(f"this {target} bundle needs {e.name or device.package}, which is not installed here",
+                             install_hint or device.install) from None
 
 
 def make_runner(bundle: Bundle, threads: int, proxy: bool = False) -> Runner:
-    """The runner the build's verify stage used for this artifact (not yet activated)."""
-    from edgepipe.targets import get_target
-    from edgepipe.targets.base import Artifact
+    """The runner the build's verify stage used for this artifact (not yet activated): the device
+    side of the bundle's backend (targets/<backend>/runner.py)."""
+    from edgepipe.targets import REGISTRY, get_device
 
     target, precision = bundle.target, bundle.precision
+    if target not in REGISTRY:
+        raise BundleError(f"{bundle.name}: unknown target {target!r}", "rebuild the bundle with this edgepipe")
+    device = get_device(target)
     files = [bundle.root / f for f in bundle.meta["files"]]
-    hint = (bundle.meta.get("runtime") or {}).get("install")
     if proxy:
-        if target != "tensorrt" or bundle.verified.get("how") != "proxy":
+        if device.proxy is None or bundle.verified.get("how") != "proxy":
             raise BundleError(f"{bundle.name} has no proxy: --proxy runs a TensorRT int8 bundle's Q/DQ graph on "
                               "ONNX Runtime, as the build verified it", "leave out --proxy")
-        from edgepipe.targets.tensorrt import PROXY_LABEL
-
-        _require("onnxruntime", None)
-        artifact = Artifact(target, precision, bundle.model_path, files, proxy=PROXY_LABEL)
-    elif target == "tensorrt":
-        artifact = Artifact(target, precision, _engine_plan(bundle), files)
-        _require(target, hint)
-    else:
-        if target not in BACKEND_MODULES:
-            raise BundleError(f"{bundle.name}: unknown target {target!r}", "rebuild the bundle with this edgepipe")
-        _require(target, hint)
-        artifact = Artifact(target, precision, bundle.model_path, files)
-    return get_target(target).load(artifact, threads)
-
-
-def _engine_plan(bundle: Bundle) -> Path:
-    """model.plan written on this device by `edgepipe engine`, checked against its engine.json."""
-    import json
-
-    plan, record = bundle.root / "model.plan", bundle.root / "engine.json"
-    if not plan.is_file() or not record.is_file():
-        raise BundleError(f"{bundle.name} holds no TensorRT engine for this device yet",
-                          f"run `edgepipe engine {bundle.root}` on the device first")
-    try:
-        recorded = json.loads(record.read_text())
-        recorded = recorded.get("plan_sha256") if isinstance(recorded, dict) else None
-    except ValueError:  # not JSON (or not UTF-8): treated as no record at all
-        recorded = None
-    if recorded is None:
-        raise BundleError(f"{bundle.name}: engine.json is damaged", f"rebuild the engine: edgepipe engine {bundle.root}")
-    if recorded != sha256_file(plan):
-        raise BundleError(f"{bundle.name}: model.plan does not match engine.json (changed after `edgepipe engine`)",
-                          f"rebuild it: edgepipe engine {bundle.root}")
-    return plan
+        return device.proxy_runner(Artifact(target, precision, bundle.model_path, files, proxy=device.proxy), threads)
+    model = device.bundle_model(bundle.root, bundle.model_path, bundle.name)
+    _require(device, target, (bundle.meta.get("runtime") or {}).get("install"))
+    return device.runner(Artifact(target, precision, model, files), threads)
 
 
 def read_image(path: str | Path) -> Image.Image:

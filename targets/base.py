@@ -1,13 +1,15 @@
-"""The target protocol: build an artifact from the exported ONNX, load it into a runner, infer, time.
+"""The device side of every backend: the Artifact record, the Runner lifecycle and the Device
+(what a field unit needs to run a backend's bundle). The build side is targets/builder.py.
 
 Runners follow Polygraphy's lifecycle: activate() acquires the backend session, infer() runs
 one batch and records `inference_time`, deactivate() releases it; a runner is also a context
-manager. Nothing here imports a backend: each target module imports its own lazily, so a
-missing backend only disables its target.
+manager. Nothing here imports a backend: each backend's runner imports its own lazily, so a missing
+backend only disables its target.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -15,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.calibration.set import CalibrationSet
 from edgepipe.core.errors import EdgepipeError, InputError, MissingArtifactError
 
 
@@ -147,6 +148,17 @@ class Runner(ABC):
         (then infer() checks only that the input has 4 dimensions)."""
         return None
 
+    @property
+    def input_name(self) -> str | None:
+        """The model's input tensor name once active (None if the backend does not name it)."""
+        return None
+
+    @property
+    def input_dtype(self) -> str:
+        """What infer() feeds the model: every edgepipe model takes normalized float32 NCHW
+        (infer() refuses integer pixels and casts other floats)."""
+        return "float32"
+
     def runtime_info(self) -> str | None:
         """What the backend chose at activation that changes results (e.g. compute precision)."""
         return None
@@ -161,22 +173,41 @@ class Runner(ABC):
     def deactivate_impl(self) -> None: ...
 
 
-class Target(ABC):
-    """A backend. Its quirks (presets, file formats, precisions) stay in its own module."""
+class Device:
+    """A backend on the field unit: the package its runner imports, how to install it, and a runner
+    for a bundle's model. Subclasses set `package` / `install` and write `runner`; the rest has
+    defaults a backend overrides only for a quirk (TensorRT: an engine built on the device)."""
 
-    name: str
-    precisions: tuple[str, ...]
+    package: str  # the Python module the runner imports
+    install: str  # what to run when it is missing
+    pin_version: bool = True  # bundle.json asks for the version the build verified
+    device_files: tuple[str, ...] = ()  # files the device may add to a bundle after the build
+    proxy: str | None = None  # label of a stand-in the build verified instead (TensorRT: its Q/DQ graph on ORT)
+    builds_on_device: str | None = None  # what `edgepipe engine` builds from the bundle (TensorRT: "TensorRT engine")
 
-    @abstractmethod
-    def unavailable_reason(self) -> str | None:
-        """None when the backend can build here; otherwise why not (shown in the report)."""
+    def require(self) -> None:
+        """Raises ImportError (its .name: what is missing) when this backend cannot run here."""
+        importlib.import_module(self.package)
 
-    @abstractmethod
-    def build(self, onnx_path: Path, precision: str, calib: CalibrationSet | None, out_dir: Path,
-              settings, keep_float: tuple[str, ...] = ()) -> list[Artifact]:
-        """Write the artifact(s) for one precision under out_dir and describe them.
-        keep_float: ONNX node names an int8 build must leave in float (accuracy fallback)."""
+    def runner(self, artifact: Artifact, threads: int) -> Runner:
+        """A runner for an artifact of this backend (not yet activated)."""
+        raise NotImplementedError
 
-    @abstractmethod
-    def load(self, artifact: Artifact, threads: int) -> Runner:
-        """A runner for an artifact this target built (not yet activated)."""
+    def proxy_runner(self, artifact: Artifact, threads: int) -> Runner:
+        raise NotImplementedError(f"{type(self).__name__} has no proxy")
+
+    def bundle_model(self, root: Path, model: Path, name: str) -> Path:
+        """The file a runner loads from a bundle folder holding `model` (TensorRT: the plan built there)."""
+        return model
+
+    def build_on_device(self, root: Path, model: Path, precision: str, **options) -> dict:
+        """Compile the bundle for this device (`edgepipe engine`) when builds_on_device says what;
+        returns what it recorded. ImportError when the backend is missing here."""
+        raise NotImplementedError(f"{type(self).__name__} bundles run as they are")
+
+    def runtime_requirement(self, versions: dict) -> dict:
+        """bundle.json's `runtime`: the package, the version the build verified, how to install it."""
+        version = versions.get(self.package) if self.pin_version else None
+        pin = f"=={version}" if version else ""
+        return {"package": self.package, "version": version,
+                "install": f"pip install 'edgepipe[runtime]' {self.package}{pin}"}

@@ -32,10 +32,15 @@ def layer(module: str) -> str:
 
 
 def modules() -> dict[str, Path]:
+    """Every module of every package, sub-packages (the backend folders) included."""
     out = {}
     for pkg, folder in package_dirs().items():
-        for f in sorted(folder.glob("*.py")):
-            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+        for f in sorted(folder.rglob("*.py")):
+            parts = f.relative_to(folder).with_suffix("").parts
+            if "__pycache__" in parts:
+                continue
+            name = ".".join((pkg, *parts[:-1], *([] if parts[-1] == "__init__" else [parts[-1]])))
+            out[name] = f
     return out
 
 
@@ -62,7 +67,8 @@ def violations(module: str, source: str) -> list[str]:
 
 def test_every_module_imports_only_its_own_layer_or_below():
     found = modules()
-    assert {"edgepipe.core.errors", "edgepipe.runtime.predictor", "edgepipe.pipeline.build", "edgepipe.cli"} <= set(found)
+    assert {"edgepipe.core.errors", "edgepipe.runtime.predictor", "edgepipe.pipeline.build", "edgepipe.cli",
+            "edgepipe.targets.tensorrt.runner", "edgepipe.targets.onnxruntime"} <= set(found)
     bad = [v for m, path in found.items() for v in violations(m, path.read_text())]
     assert not bad, "\n".join(bad)
 
@@ -85,7 +91,39 @@ def test_no_module_imports_the_old_top_level_names():
     ("edgepipe.targets.base", "import edgepipe.pipeline.manifest"),
     ("edgepipe.calibration.set", "from edgepipe.targets import get_target"),
     ("edgepipe.runtime.bundle", "from ..pipeline import config"),  # relative: hides the layer
+    ("edgepipe.targets.onnxruntime.runner", "from edgepipe.pipeline.config import BuildConfig"),  # in a backend folder
+    ("edgepipe.targets.tensorrt", "from edgepipe.runtime.bundle import load_bundle"),
 ])
 def test_the_checker_catches_an_import_against_the_direction(module, line):
     source = modules()[module].read_text() + "\n" + line + "\n"
     assert violations(module, source), f"{line!r} in {module} was not caught"
+
+
+# The device side of targets/: what a field unit imports to run a bundle.
+DEVICE_SIDE = ("edgepipe.targets", "edgepipe.targets.backend", "edgepipe.targets.base")
+BUILD_SIDE = ("edgepipe.calibration", "edgepipe.targets.builder", "edgepipe.targets.section")
+
+
+def device_side_violations(module: str, source: str) -> list[str]:
+    return [f"{module}:{line} imports {target}, a build-side module" for line, target in edgepipe_imports(source)
+            if target.startswith(BUILD_SIDE) or target.endswith((".builder", ".config"))]
+
+
+def _device_modules() -> list[str]:
+    found = modules()
+    backends = {m for m in found if m.startswith("edgepipe.targets.") and m.count(".") == 2
+                and found[m].name == "__init__.py"}
+    return [m for m in found if m in DEVICE_SIDE or m in backends or (m.endswith(".runner") and m.startswith("edgepipe.targets."))]
+
+
+def test_the_device_side_of_every_backend_imports_no_builder_config_or_calibration():
+    device = _device_modules()
+    assert {"edgepipe.targets.onnxruntime.runner", "edgepipe.targets.tensorrt.runner", "edgepipe.targets.openvino"} <= set(device)
+    bad = [v for m in device for v in device_side_violations(m, modules()[m].read_text())]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_device_side_checker_catches_a_builder_import():
+    source = modules()["edgepipe.targets.openvino.runner"].read_text()
+    assert device_side_violations("x", source + "\nfrom edgepipe.targets.openvino.builder import NncfQuantPreset\n")
+    assert device_side_violations("x", source + "\nimport edgepipe.calibration.set\n")

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from edgepipe.cli import cli
-from edgepipe.targets.onnxruntime import OrtQuantPreset
+from edgepipe.targets.onnxruntime.builder import OrtQuantPreset
 from tests.conftest import write_stripes
 
 
@@ -92,7 +92,7 @@ def test_broken_int8_artifact_fails_the_gates_with_exit_3(project, monkeypatch):
 
 
 def test_a_target_that_fails_to_build_fails_loudly_and_the_others_are_reported(project, monkeypatch):
-    from edgepipe.targets.tensorrt import TensorRtTarget
+    from edgepipe.targets.tensorrt.builder import TensorRtTarget
 
     def explode(self, *args, **kwargs):
         raise RuntimeError("simulated builder crash")

@@ -124,7 +124,7 @@ def test_artifact_from_another_model_exits_2(small_build, tmp_path):
 
 
 @pytest.mark.parametrize("targets, fragment", [
-    ([{"name": "tflite"}], "does not match any of the expected tags: 'onnxruntime', 'openvino', 'tensorrt'"),
+    ([{"name": "tflite"}], "targets.0: unknown target 'tflite': edgepipe builds for onnxruntime, openvino, tensorrt"),
     ([{"name": "tensorrt", "precisions": ["fp32"]}], "Input should be 'fp16' or 'int8'"),
     ([{"name": "openvino"}, {"name": "openvino"}], "each target may appear once"),
 ])

@@ -1,6 +1,5 @@
 import numpy as np
 
-from edgepipe.pipeline.config import OnnxRuntimeTargetConfig
 from edgepipe.pipeline.fallback import (
     FallbackPolicy,
     ValidationSet,
@@ -9,6 +8,7 @@ from edgepipe.pipeline.fallback import (
     rank_layers,
 )
 from edgepipe.targets import get_target
+from edgepipe.targets.onnxruntime.config import OnnxRuntimeTargetConfig
 
 
 def test_schedule_doubles_up_to_the_limit():

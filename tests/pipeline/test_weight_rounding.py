@@ -12,7 +12,7 @@ from edgepipe.pipeline.weight_rounding import (
     round_rows,
     round_weights,
 )
-from edgepipe.targets.onnxruntime import OrtQuantPreset
+from edgepipe.targets.onnxruntime.builder import OrtQuantPreset
 
 
 def _conv_model(w: np.ndarray, **attrs) -> onnx.ModelProto:

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 
 from edgepipe.cli import cli
 from edgepipe.runtime.bundle import seal
-from edgepipe.runtime.cli import expand_inputs
+from edgepipe.runtime.cli_io import expand_inputs
 from tests.corpus import HOSTILE_OUTPUTS, HOSTILE_PREDICT_INPUTS
 from tests.pipeline.test_cli import one_line_error
 

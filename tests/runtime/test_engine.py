@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import edgepipe.runtime.engine
+import edgepipe.targets.tensorrt.runner
 from edgepipe.core.errors import BackendMissing, BundleError, EngineSkipped
 from edgepipe.runtime.bundle import load_bundle
 from edgepipe.runtime.engine import build_bundle_engine
@@ -42,7 +42,7 @@ def fake_tensorrt(monkeypatch):
     def use(version: str):
         trt = SimpleNamespace(__version__=version)
         engine = SimpleNamespace(major_version=lambda t: int(t.__version__.split(".")[0]), build_engine=build_engine)
-        monkeypatch.setattr(edgepipe.runtime.engine, "_tensorrt", lambda: (trt, engine))
+        monkeypatch.setattr(edgepipe.targets.tensorrt.runner, "_tensorrt", lambda: (trt, engine))
         return calls
 
     return use

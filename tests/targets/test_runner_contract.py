@@ -1,4 +1,4 @@
-"""Every runner, at verify's throughput batch, through the three places that batch images: verify's
+"""Every registered runner, at verify's throughput batch, through the three places that batch images: verify's
 measurement, the fallback's scoring and the Predictor. A runner declares the largest batch it takes
 (`max_batch`); the callers split by it. TensorRT runs on a stand-in that enforces the real API's
 contracts (tests/fakes/tensorrt.py): a batch outside the engine's profile is refused, and the engine
@@ -14,8 +14,9 @@ from edgepipe.pipeline.config import VerifyConfig
 from edgepipe.pipeline.fallback import run_and_time
 from edgepipe.pipeline.verify import measure
 from edgepipe.runtime import Predictor
-from edgepipe.targets import get_target
+from edgepipe.targets import REGISTRY, get_target
 from edgepipe.targets.base import Artifact
+from edgepipe.targets.openvino.config import OpenVinoTargetConfig
 from tests.conftest import TINY_SPEC, _images
 from tests.fakes import tensorrt as fake_trt
 
@@ -32,9 +33,24 @@ def engine_runner(tmp_path, monkeypatch):
     return runner, plan.read_bytes()
 
 
-def _runners(tiny, engine_runner):
+def _runners(tiny, engine_runner, tmp_path):
     ort = get_target("onnxruntime").load(Artifact("onnxruntime", "fp32", tiny["onnx"], [tiny["onnx"]]), 1)
-    return {"onnxruntime": (ort, tiny["model"]), "tensorrt": engine_runner}
+    ov = get_target("openvino")
+    [ir] = ov.build(tiny["onnx"], "fp32", None, tmp_path / "openvino-fp32", OpenVinoTargetConfig())
+    return {"onnxruntime": (ort, tiny["model"]), "openvino": (ov.load(ir, 1), tiny["model"]), "tensorrt": engine_runner}
+
+
+RUNNERS = sorted(REGISTRY)  # every registered backend's runner
+
+
+def test_every_runner_declares_its_input_and_batch_limit(tiny, engine_runner, tmp_path):
+    runners = _runners(tiny, engine_runner, tmp_path)
+    assert set(runners) == set(REGISTRY)
+    for name, (runner, _) in runners.items():
+        with runner:
+            assert runner.input_name and runner.input_dtype == "float32", name
+            assert runner.input_shape == (None, 3, 32, 32), name  # dynamic batch, fixed CHW
+            assert runner.max_batch == (8 if name == "tensorrt" else None), name
 
 
 def _expected(reference, x):
@@ -46,9 +62,9 @@ def _expected(reference, x):
         return reference(torch.from_numpy(x)).numpy()
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "tensorrt"])
-def test_verify_measures_every_runner_at_the_throughput_batch(tiny, engine_runner, name):
-    runner, reference = _runners(tiny, engine_runner)[name]
+@pytest.mark.parametrize("name", RUNNERS)
+def test_verify_measures_every_runner_at_the_throughput_batch(tiny, engine_runner, tmp_path, name):
+    runner, reference = _runners(tiny, engine_runner, tmp_path)[name]
     rgb8, _ = _images(40, seed=5)  # 40 images: batches of 32 + 8 for a dynamic runner, 5 x 8 for the engine
     m = measure(runner, rgb8, TINY_SPEC, VCFG)
     np.testing.assert_allclose(m["logits"], _expected(reference, TINY_SPEC.normalize(rgb8)), rtol=1e-4, atol=1e-4)
@@ -56,9 +72,9 @@ def test_verify_measures_every_runner_at_the_throughput_batch(tiny, engine_runne
     assert m["latency_ms"]["runs"] == VCFG.runs
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "tensorrt"])
-def test_the_fallback_scores_every_runner_at_the_throughput_batch(tiny, engine_runner, name):
-    runner, reference = _runners(tiny, engine_runner)[name]
+@pytest.mark.parametrize("name", RUNNERS)
+def test_the_fallback_scores_every_runner_at_the_throughput_batch(tiny, engine_runner, tmp_path, name):
+    runner, reference = _runners(tiny, engine_runner, tmp_path)[name]
     x = TINY_SPEC.normalize(_images(33, seed=6)[0])
     logits, p50 = run_and_time(runner, x, batch=THROUGHPUT, timed_runs=5)
     np.testing.assert_allclose(logits, _expected(reference, x), rtol=1e-4, atol=1e-4)

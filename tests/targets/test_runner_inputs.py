@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from edgepipe.core.errors import InputError, MissingArtifactError
-from edgepipe.pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
 from edgepipe.targets import get_target
+from edgepipe.targets.onnxruntime.config import OnnxRuntimeTargetConfig
+from edgepipe.targets.openvino.config import OpenVinoTargetConfig
 
 SETTINGS = {"onnxruntime": OnnxRuntimeTargetConfig(name="onnxruntime"), "openvino": OpenVinoTargetConfig(name="openvino")}
 

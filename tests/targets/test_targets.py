@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from edgepipe.pipeline.config import OnnxRuntimeTargetConfig, OpenVinoTargetConfig
 from edgepipe.targets import REGISTRY, get_target
 from edgepipe.targets.base import Runner
+from edgepipe.targets.onnxruntime.config import OnnxRuntimeTargetConfig
+from edgepipe.targets.openvino.config import OpenVinoTargetConfig
 
 SETTINGS = {"onnxruntime": OnnxRuntimeTargetConfig(name="onnxruntime"), "openvino": OpenVinoTargetConfig(name="openvino")}
 # fp32 must match to float rounding; reduced precisions must keep the confident answers.

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgepipe.pipeline.config import TensorRtTargetConfig
 from edgepipe.targets import get_target
+from edgepipe.targets.tensorrt.config import TensorRtTargetConfig
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 SETTINGS = TensorRtTargetConfig(name="tensorrt")
@@ -27,7 +27,9 @@ def int8_bundle(tiny, tmp_path_factory):
 def test_int8_bundle_has_everything_to_build_on_the_device(int8_bundle):
     out, artifacts = int8_bundle
     names = {p.name for p in artifacts[0].files}
-    assert {"model_qdq.onnx", "calibration.npz", "preprocess.json", "trt_engine.py", "build_engine.sh"} <= names
+    assert {"model_qdq.onnx", "preprocess.json", "trt_engine.py", "build_engine.sh"} <= names
+    # the Q/DQ graph carries its scales: no calibration data rides along (nothing on the device reads it)
+    assert "calibration.npz" not in names and "--calibration" not in (out / "trt_engine.py").read_text()
     assert "--onnx model_qdq.onnx --precision int8" in (out / "build_engine.sh").read_text()
     if not HAS_TRT:
         assert artifacts[0].status == "skipped" and artifacts[0].reason == "tensorrt not installed"

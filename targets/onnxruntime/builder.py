@@ -1,7 +1,7 @@
-"""ONNX Runtime target: fp32 (the exported graph) and int8 (static QDQ quantization with calibration).
+"""ONNX Runtime builder: fp32 (the exported graph) and int8 (static QDQ quantization with calibration).
 
 The quantization preset is Optimum-style: `OrtQuantPreset.cpu()` for ORT's own CPU kernels,
-`OrtQuantPreset.tensorrt()` for the Q/DQ rules TensorRT imposes (used by edgepipe.targets.tensorrt).
+`OrtQuantPreset.tensorrt()` for the Q/DQ rules TensorRT imposes (used by targets/tensorrt/builder.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from edgepipe.calibration.set import CalibrationSet
 from edgepipe.core.files import atomic_output
-from edgepipe.targets.base import Artifact, BackendUnavailable, Runner, Target
+from edgepipe.targets.base import Artifact, BackendUnavailable
+from edgepipe.targets.builder import Target
 
 
 @dataclass(frozen=True)
@@ -100,56 +99,10 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
-def session(model: bytes | Path, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-    """The one way edgepipe opens an ONNX Runtime session (a file or in-memory model bytes):
-    `threads` intra-op threads, one inter-op, sequential, every graph optimization, quiet log."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=list(providers))
-
-
-def cpu_session(model: bytes, threads: int):
-    """A session on in-memory model bytes: for the build's own probes of a graph (layer ranking,
-    weight rounding), not for the timed runner."""
-    return session(model, threads)
-
-
 def _input_name(path: Path) -> str:
     import onnx
 
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
-
-
-class OrtRunner(Runner):
-    def __init__(self, path: Path, threads: int, name: str = "onnxruntime", providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-        super().__init__(name, threads)
-        self.path, self.providers = path, providers
-        self.session = None
-
-    def activate_impl(self) -> None:
-        self.session = session(self.path, self.threads, self.providers)
-        self._input = self.session.get_inputs()[0]
-
-    def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self._input.name: x})[0]
-
-    def deactivate_impl(self) -> None:
-        self.session = None
-
-    @property
-    def max_batch(self) -> int | None:
-        dim = self._input.shape[0] if self.session else None
-        return dim if isinstance(dim, int) else None
-
-    @property
-    def input_shape(self) -> tuple[int | None, ...] | None:
-        return tuple(d if isinstance(d, int) else None for d in self._input.shape) if self.session else None
 
 
 class OnnxRuntimeTarget(Target):
@@ -176,6 +129,3 @@ class OnnxRuntimeTarget(Target):
         preset.quantize(onnx_path, path, calib)
         return [Artifact(self.name, precision, path, [path], parent=f"{self.name}-fp32",
                          details={"quantization": preset.to_dict(), "calibration_images": len(calib)})]
-
-    def load(self, artifact: Artifact, threads: int) -> Runner:
-        return OrtRunner(artifact.path, threads, artifact.name)

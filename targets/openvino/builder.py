@@ -1,4 +1,4 @@
-"""OpenVINO target: IR in fp32, fp16 (compressed weights) and int8 (NNCF post-training quantization).
+"""OpenVINO builder: IR in fp32, fp16 (compressed weights) and int8 (NNCF post-training quantization).
 
 CPU quirk: on CPUs with bf16 support OpenVINO may compute in bf16 by default, which would make
 an "fp32" row something else. fp32 artifacts therefore pin INFERENCE_PRECISION_HINT to f32; the
@@ -17,11 +17,10 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from edgepipe.calibration.set import CalibrationSet
 from edgepipe.core.files import TMP_MARK, atomic_output
-from edgepipe.targets.base import Artifact, BackendUnavailable, Runner, Target
+from edgepipe.targets.base import Artifact, BackendUnavailable
+from edgepipe.targets.builder import Target
 
 
 @dataclass(frozen=True)
@@ -71,52 +70,10 @@ def _save_ir(ov_model, xml: Path, compress_to_fp16: bool) -> list[Path]:
     return [xml, bin_]
 
 
-class OpenVinoRunner(Runner):
-    def __init__(self, xml: Path, threads: int, name: str, precision_hint: str | None, device: str = "CPU"):
-        super().__init__(name, threads)
-        self.xml, self.precision_hint, self.device = xml, precision_hint, device
-        self.compiled = self.request = self.single = None
-
-    def activate_impl(self) -> None:
-        import openvino as ov
-
-        config = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        if self.precision_hint:
-            config["INFERENCE_PRECISION_HINT"] = self.precision_hint
-        core = ov.Core()
-        model = core.read_model(str(self.xml))
-        self.compiled = core.compile_model(model, self.device, config)
-        self.request = self.compiled.create_infer_request()
-        # Field units predict one image at a time. A static batch-1 copy of a dynamic-batch model
-        # skips shape inference on every call: openvino-int8 on ELPV, 2-core EPYC, p50 2.61 vs 2.90 ms.
-        shape = model.input(0).get_partial_shape()
-        if shape.rank.is_static and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:]):
-            model.reshape([1] + [d.get_length() for d in list(shape)[1:]])
-            self.single = core.compile_model(model, self.device, config).create_infer_request()
-
-    def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        request = self.single if self.single is not None and len(x) == 1 else self.request
-        request.infer({0: x})
-        return request.get_output_tensor(0).data.copy()
-
-    def deactivate_impl(self) -> None:
-        self.compiled = self.request = self.single = None
-
-    @property
-    def input_shape(self) -> tuple[int | None, ...] | None:
-        if self.compiled is None:
-            return None
-        return tuple(d.get_length() if d.is_static else None for d in self.compiled.input(0).get_partial_shape())
-
-    def runtime_info(self) -> str | None:
-        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        name = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
-        return f"OpenVINO {self.device} computing in {name}"
-
-
 class OpenVinoTarget(Target):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
+    model_format = "openvino-ir"
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -144,9 +101,17 @@ class OpenVinoTarget(Target):
         parent = None if precision == "fp32" else f"{self.name}-fp32"
         return [Artifact(self.name, precision, xml, files, parent=parent)]
 
-    def load(self, artifact: Artifact, threads: int) -> Runner:
-        hint = "f32" if artifact.precision == "fp32" else None
-        return OpenVinoRunner(artifact.path, threads, artifact.name, hint)
+    def io_spec(self, model: Path) -> tuple[dict, dict]:
+        import openvino as ov
+
+        m = ov.Core().read_model(str(model))
+
+        def port(p):
+            return {"name": p.get_any_name(), "shape": [d.get_length() if d.is_static else None
+                                                        for d in p.get_partial_shape()],
+                    "dtype": p.get_element_type().to_dtype().name}
+
+        return port(m.inputs[0]), port(m.outputs[0])
 
 
 def _has_nncf() -> bool:

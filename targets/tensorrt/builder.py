@@ -1,8 +1,8 @@
-"""TensorRT target (Jetson / NVIDIA GPUs): fp16 and int8 engines, built on the device.
+"""TensorRT builder (Jetson / NVIDIA GPUs): fp16 and int8 device bundles, the engine built on the device.
 
 A plan is tied to its TensorRT version and GPU, so the portable product is a device bundle:
 the ONNX TensorRT should parse (a Q/DQ graph by TensorRT's rules for int8, fp32 + fp16-converted
-graphs for fp16), the calibration data, the preprocessing spec and `build_engine.sh`, which runs
+graphs for fp16), the preprocessing spec and `build_engine.sh`, which runs
 the standalone trt_engine.py. Where TensorRT is importable the engine is also built and run here;
 where it is not, the row is reported `skipped` and the int8 Q/DQ graph is verified on ONNX
 Runtime as a labelled proxy.
@@ -14,15 +14,14 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from edgepipe.calibration.set import CalibrationSet
 from edgepipe.core.files import atomic_output
-from edgepipe.targets.base import Artifact, Runner, Target
-from edgepipe.targets.onnxruntime import OrtQuantPreset, OrtRunner
+from edgepipe.targets.base import Artifact
+from edgepipe.targets.builder import Target
+from edgepipe.targets.onnxruntime.builder import OrtQuantPreset
+from edgepipe.targets.tensorrt.runner import DEVICE_FILES, PROXY_LABEL, TensorRtDevice
 
 ENGINE_SCRIPT = Path(__file__).with_name("trt_engine.py")
-PROXY_LABEL = "TensorRT Q/DQ graph run on ONNX Runtime CPU (proxy: TensorRT's kernels differ)"
 
 BUILD_SH = """#!/bin/sh
 # Build the TensorRT engine for this device (run on the Jetson; needs TensorRT + cuda-python).
@@ -48,52 +47,18 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-class _EngineRunner(Runner):
-    def __init__(self, plan: Path, threads: int, name: str):
-        super().__init__(name, threads)
-        self.plan = plan
-        self.runner = None
-
-    def activate_impl(self) -> None:
-        from edgepipe.targets.trt_engine import TrtRunner
-
-        self.runner = TrtRunner(self.plan)
-        self.runner.activate()
-
-    def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        return self.runner.infer(x)
-
-    def deactivate_impl(self) -> None:
-        self.runner.deactivate()
-        self.runner = None
-
-    @property
-    def max_batch(self) -> int | None:
-        """The engine's optimization profile caps the batch (build_engine: --max-batch, default 8):
-        verify, the fallback, check and bench split their batches by it."""
-        return self.runner.max_batch if self.runner is not None else None
-
-    @property
-    def input_shape(self) -> tuple[int | None, ...] | None:
-        if self.runner is None or self.runner.input_shape is None:
-            return None
-        return tuple(None if d == -1 else d for d in self.runner.input_shape)
-
-
 class TensorRtTarget(Target):
     name = "tensorrt"
     precisions = ("fp16", "int8")
+    model_format = "onnx for TensorRT (engine built on the device)"
+    bundles_unbuilt = True  # the bundle is what goes to the Jetson: it builds the engine there
 
     def unavailable_reason(self) -> str | None:
         try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "tensorrt not installed"
-        try:
-            from edgepipe.targets.trt_engine import _cudart
-
-            _cudart()
-        except ImportError:
+            TensorRtDevice().require()
+        except ImportError as e:
+            if e.name == "tensorrt":
+                return "tensorrt not installed"
             return "cuda-python not installed (pip install cuda-python)"
         return None
 
@@ -111,7 +76,8 @@ class TensorRtTarget(Target):
             with atomic_output(out_dir / "layer_precisions.json") as tmp:
                 tmp.write_text(json.dumps({"int8": "every Conv/Gemm with Q/DQ inputs",
                                            "float": list(keep_float)}, indent=2))
-            files += [onnx_for_trt, _copy(calib.path, out_dir / "calibration.npz"), out_dir / "layer_precisions.json"]
+            # no calibration data: the Q/DQ graph carries its scales (explicit quantization)
+            files += [onnx_for_trt, out_dir / "layer_precisions.json"]
             details["quantization"] = preset.to_dict()
             command = "python3 trt_engine.py build --onnx model_qdq.onnx --precision int8 --out model.plan"
         else:
@@ -135,7 +101,7 @@ class TensorRtTarget(Target):
         reason = self.unavailable_reason()
         artifacts = []
         if reason is None:
-            from edgepipe.targets.trt_engine import build_engine
+            from edgepipe.targets.tensorrt.trt_engine import build_engine
 
             plan = build_engine(onnx_for_trt, out_dir / "model.plan", precision, timing_cache=out_dir / "timing.cache")
             artifacts.append(Artifact(self.name, precision, plan, files + [plan], parent="onnxruntime-fp32", details=details))
@@ -146,7 +112,9 @@ class TensorRtTarget(Target):
                                       parent="onnxruntime-fp32", details={"quantization": details["quantization"]}))
         return artifacts
 
-    def load(self, artifact: Artifact, threads: int) -> Runner:
-        if artifact.proxy:
-            return OrtRunner(artifact.path, threads, artifact.name)
-        return _EngineRunner(artifact.path, threads, artifact.name)
+    def bundle_files(self, artifact: Artifact) -> tuple[Path, list[Path]]:
+        """A plan is tied to its GPU: never shipped. The model is the graph TensorRT parses (the Q/DQ
+        graph for int8, the float graph for fp16; model_fp16.onnx rides along for TensorRT 11)."""
+        files = [f for f in artifact.files if f.name not in DEVICE_FILES]
+        model = {"int8": "model_qdq.onnx", "fp16": "model.onnx"}[artifact.precision]
+        return next(f for f in files if f.name == model), files

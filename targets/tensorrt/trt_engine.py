@@ -7,13 +7,14 @@ device bundle and run on the Jetson, where edgepipe and torch are absent:
 
 Version facts it follows: EXPLICIT_BATCH is required on 8.x and gone later; BuilderFlag.FP16/INT8
 exist up to 10.x and were removed in 11.x, where precision comes from the ONNX itself (Q/DQ nodes,
-or an fp16-converted graph); implicit INT8 calibration was removed in 11.0.
+or an fp16-converted graph); implicit INT8 calibration was removed in 11.0. edgepipe's int8 graphs
+carry their Q/DQ scales (explicit quantization, every version), so no calibrator or calibration
+data is needed here: TensorRT ignores a calibrator for a Q/DQ network.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -67,58 +68,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def npz_batches(path: Path, batch_size: int):
-    """Normalized NCHW float32 batches from an edgepipe calibration.npz.
-
-    Repeats edgepipe.core.preprocess.PreprocessSpec.normalize on purpose: this file must run without edgepipe."""
-    with np.load(path, allow_pickle=False) as z:
-        images = z["images"]
-        spec = json.loads(str(z["spec"]))
-    mean, std = np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32)
-    for i in range(0, len(images), batch_size):
-        x = (images[i:i + batch_size].astype(np.float32) / 255.0 - mean) / std
-        yield np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def make_entropy_calibrator(batches, batch_size: int, sample_shape: tuple[int, ...], cache_path: Path):
-    """IInt8EntropyCalibrator2 over `batches()` (a callable returning a fresh iterator: re-iterable)."""
-    trt, cudart = _trt(), _cudart()
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            super().__init__()
-            self.nbytes = batch_size * int(np.prod(sample_shape)) * 4
-            self.device_ptr = _cuda(cudart.cudaMalloc(self.nbytes))
-            self.iterator = None
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names):
-            if self.iterator is None:
-                self.iterator = batches()
-            batch = next(self.iterator, None)
-            if batch is None or len(batch) < batch_size:  # TensorRT wants full batches
-                return None
-            host = np.ascontiguousarray(batch, dtype=np.float32)
-            _cuda(cudart.cudaMemcpy(self.device_ptr, host.ctypes.data, host.nbytes,
-                                    cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-            return [int(self.device_ptr)]
-
-        def read_calibration_cache(self):
-            return Path(cache_path).read_bytes() if Path(cache_path).is_file() else None
-
-        def write_calibration_cache(self, cache) -> None:
-            _write_atomic(Path(cache_path), bytes(cache))
-
-        def __del__(self):
-            cudart.cudaFree(self.device_ptr)
-
-    return EntropyCalibrator()
-
-
 def build_engine(onnx_path: Path, plan_path: Path, precision: str, *, max_batch: int = 8, workspace_mb: int = 1024,
-                 timing_cache: Path | None = None, calibrator=None, dla_core: int | None = None) -> Path:
+                 timing_cache: Path | None = None, dla_core: int | None = None) -> Path:
     """Parse the ONNX, configure precision / batch profile, write the serialized plan."""
     trt = _trt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -138,19 +89,13 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str, *, max_batch:
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)  # layers left in float may run in fp16
         if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # needed for Q/DQ graphs and for the calibrator
-            if calibrator is not None:
-                config.int8_calibrator = calibrator
-    elif calibrator is not None:
-        raise RuntimeError("TensorRT 11 removed implicit INT8 calibration: build from the Q/DQ ONNX instead")
+            config.set_flag(trt.BuilderFlag.INT8)  # needed for Q/DQ graphs
     inp = network.get_input(0)
     if inp.shape[0] == -1:
         c, h, w = inp.shape[1:]
         profile = builder.create_optimization_profile()
         profile.set_shape(inp.name, (1, c, h, w), (1, c, h, w), (max_batch, c, h, w))
         config.add_optimization_profile(profile)
-        if calibrator is not None and hasattr(config, "set_calibration_profile"):
-            config.set_calibration_profile(profile)
     cache = None
     if timing_cache is not None:
         cache = config.create_timing_cache(Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b"")
@@ -242,19 +187,13 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", required=True, type=Path)
     ap.add_argument("--precision", required=True, choices=["fp16", "int8"])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--calibration", type=Path, help="calibration.npz: use the entropy calibrator (TensorRT < 11)")
-    ap.add_argument("--cache", type=Path, default=Path("calibration.cache"))
     ap.add_argument("--timing-cache", type=Path, default=Path("timing.cache"))
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--dla-core", type=int)
     args = ap.parse_args(argv)
     try:
-        calibrator = None
-        if args.calibration is not None:
-            first = next(npz_batches(args.calibration, 8))
-            calibrator = make_entropy_calibrator(lambda: npz_batches(args.calibration, 8), 8, first.shape[1:], args.cache)
         build_engine(args.onnx, args.out, args.precision, max_batch=args.max_batch, timing_cache=args.timing_cache,
-                     calibrator=calibrator, dla_core=args.dla_core)
+                     dla_core=args.dla_core)
     except ImportError as e:
         print(f"error: {e.name} is not installed: install TensorRT (JetPack) and cuda-python", file=sys.stderr)
         return 2

@@ -1,0 +1,159 @@
+"""The build's records as pydantic models: verify/results.json and report.json, each with a schema
+version. bundle.json's model lives with the device code that reads it (runtime/bundle.py).
+
+The stages validate a record before writing it and again when a later stage reads it back, so a
+hand-edited or foreign file is refused with the command that rewrites it; a record of another
+schema version is refused the same way. `edgepipe schema` prints their JSON schemas (docs/schemas/).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgepipe.core.errors import MissingArtifactError
+
+VERIFY_SCHEMA = "edgepipe-verify/1"
+REPORT_SCHEMA = "edgepipe-report/1"
+
+Share = Annotated[float, Field(ge=0, le=1)]
+Delta = Annotated[float, Field(ge=-1, le=1)]
+
+
+class _Record(BaseModel):
+    # strict: "yes" is not true and "1" is not 1; these files are written by edgepipe, not by hand
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True, strict=True)
+
+
+class Machine(_Record):
+    cpu: str
+    logical_cpus: int | None
+    threads: int
+    platform: str
+
+
+class Method(_Record):
+    warmup: int
+    runs: int
+    batch_latency: int
+    throughput_batch: int
+    timing: str
+
+
+class Latency(_Record):
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    runs: int
+
+
+class Throughput(_Record):
+    batch: int
+    images_per_s: float
+
+
+class VsParent(_Record):
+    parent: str
+    accuracy_delta: Delta
+    agreement: Share
+    max_abs_logit_diff: float
+
+
+class Row(_Record):
+    """One measured model: the float reference (torch-fp32) or an artifact. Measurements are null
+    for a row that did not run (skipped / failed, with the reason)."""
+
+    name: str
+    target: str
+    precision: str
+    status: Literal["ok", "skipped", "failed"]
+    reason: str | None
+    proxy: str | None  # label when the row ran a stand-in for the real backend
+    details: dict
+    size_bytes: int
+    accuracy: Share | None = None
+    macro_f1: Share | None = None
+    per_class_recall: dict[str, Share | None] | None = None
+    confusion: list[list[int]] | None = None  # [true class][predicted class]
+    accuracy_delta: Delta | None = None  # vs the reference row
+    agreement: Share | None = None  # top-1 agreement with the reference row
+    vs_parent: VsParent | None = None
+    latency_ms: Latency | None = None  # batch 1
+    throughput: Throughput | None = None
+    runtime: str | None = None  # what the backend chose at activation (e.g. compute precision)
+
+
+class VerifyResults(_Record):
+    """verify/results.json"""
+
+    schema_: Literal["edgepipe-verify/1"] = Field(alias="schema")
+    test_images: int
+    classes: list[str]
+    reference: str
+    machine: Machine
+    method: Method
+    rows: list[Row]
+
+
+class Gate(_Record):
+    artifact: str
+    gate: Literal["max_accuracy_drop", "min_agreement", "max_latency_ms", "build"]
+    status: Literal["passed", "failed", "skipped"]
+    limit: float | None
+    value: float | None
+    reason: str | None
+
+
+class Report(_Record):
+    """report.json: the verify rows, the gates evaluated on them and the build's verdict."""
+
+    schema_: Literal["edgepipe-report/1"] = Field(alias="schema")
+    name: str
+    created: str
+    config_sha256: str
+    machine: Machine
+    test_images: int
+    reference: str
+    passed: bool
+    exit_code: Literal[0, 3]
+    rows: list[Row]
+    gates: list[Gate]
+
+
+_WRITTEN_BY = {VerifyResults: ("verify", VERIFY_SCHEMA), Report: ("report", REPORT_SCHEMA)}
+
+
+def checked(model: type[_Record], data: dict, where: str) -> dict:
+    """data, validated as `model`; MissingArtifactError naming the problem and the command that
+    rewrites it. A record of another schema version is refused before its fields are read."""
+    stage, schema = _WRITTEN_BY[model]
+    fix = f"rerun `edgepipe {stage}` (or `edgepipe build`) to rewrite it"
+    found = data.get("schema") if isinstance(data, dict) else None
+    if found != schema:
+        raise MissingArtifactError(f"{where} has schema {found!r}; this edgepipe reads {schema!r}", fix)
+    try:
+        model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        at = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise MissingArtifactError(f"{where} is not a valid {schema} record ({at}: {first['msg']})", fix) from None
+    return data
+
+
+def read_results(manifest) -> dict:
+    return checked(VerifyResults, manifest.read_json("verify", "results"), "verify/results.json")
+
+
+def read_report(manifest) -> dict:
+    return checked(Report, manifest.read_json("report", "report_json"), "report.json")
+
+
+def json_schemas() -> dict[str, dict]:
+    """name -> JSON schema of each record edgepipe writes (bundle.json's included)."""
+    from edgepipe.runtime.bundle import BundleMeta
+
+    return {"verify-results": VerifyResults.model_json_schema(by_alias=True),
+            "report": Report.model_json_schema(by_alias=True),
+            "bundle": BundleMeta.model_json_schema(by_alias=True)}
