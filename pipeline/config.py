@@ -81,10 +81,26 @@ class ModelConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    flips: bool = True
-    rot90: bool = True
+    """Training-time augmentation. The defaults keep every class what it is on any image task: a
+    mild zoom and shift, brightness and contrast. Flips and 90° turns change orientation, which is
+    the class on many tasks (digits, letters, arrows, signs, gestures): opt in per dataset."""
+
+    flips: bool = Field(False, description="random horizontal and vertical flips: only where orientation means nothing")
+    rot90: bool = Field(False, description="random 90° turns of square images: only where orientation means nothing")
+    zoom: float = Field(0.1, ge=0, le=0.5, description="random zoom-in up to this share (crop and resize)")
+    shift: float = Field(0.05, ge=0, le=0.25, description="random shift up to this share of each side")
     brightness: float = Field(0.2, ge=0, le=1)
     contrast: float = Field(0.2, ge=0, le=1)
+
+    def describe(self) -> str:
+        """The augmentations that run, in words (the report and the log say this)."""
+        parts = [f"zoom up to {self.zoom:.0%}" if self.zoom else "", f"shift up to {self.shift:.0%}" if self.shift else "",
+                 f"brightness ±{self.brightness:g}" if self.brightness else "",
+                 f"contrast ±{self.contrast:g}" if self.contrast else "",
+                 "flips" if self.flips else "", "90° turns" if self.rot90 else ""]
+        on = ", ".join(p for p in parts if p) or "none"
+        off = [name for name, flag in (("flips", self.flips), ("90° turns", self.rot90)) if not flag]
+        return on + (f" ({' and '.join(off)} off: they can change a class)" if off else "")
 
 
 class FinetuneConfig(_Section):

@@ -1,9 +1,9 @@
 """Fine-tune stage: transfer learning from ImageNet weights to the user's classes.
 
 Recipe: (1) head-only warm-up on backbone features computed once (cheap on a CPU), then
-(2) the whole network with a lower backbone learning rate, one-cycle schedule, flips / 90°
-rotations / brightness-contrast augmentation, class-weighted loss, early stopping on val
-accuracy; the best epoch is kept. Settings left null in the config come from the device
+(2) the whole network with a lower backbone learning rate, one-cycle schedule, label-preserving
+augmentation (zoom, shift, brightness, contrast; flips and 90° turns only when the config opts in),
+class-weighted loss, early stopping on val accuracy; the best epoch is kept. Settings left null in the config come from the device
 profile below: CPU builds must finish in minutes, GPU builds get the full recipe.
 """
 
@@ -68,9 +68,18 @@ def resolve_recipe(cfg: FinetuneConfig) -> Recipe:
 
 
 def _augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """x: N,3,H,W float in [0,1]. Per-sample flips, 90° turns, brightness / contrast jitter."""
+    """x: N,3,H,W float in [0,1]. Per sample: zoom-in and shift (one affine resample; the border
+    pixels repeat where the shift passes the edge), then the opt-in flips and 90° turns, then
+    contrast and brightness jitter. Nothing here mirrors or turns an image unless asked."""
     n = x.shape[0]
     r = lambda *s: torch.rand(*s, generator=gen).to(x.device)  # noqa: E731
+    if aug.zoom or aug.shift:
+        scale = 1 / (1 + r(n) * aug.zoom)  # < 1: the sampling grid covers less than the image = zoom in
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        theta[:, :, 2] = (r(n, 2) * 2 - 1) * 2 * aug.shift  # grid coordinates span 2 units per side
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if aug.flips:
         x = torch.where(r(n, 1, 1, 1) < 0.5, x.flip(3), x)
         x = torch.where(r(n, 1, 1, 1) < 0.5, x.flip(2), x)
@@ -247,6 +256,7 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
     model = model.to(device).to(memory_format=torch.channels_last)
     console.print(f"fine-tune {cfg.model.backbone} at {cfg.model.image_size}px on {recipe.device} ({recipe.precision}); "
                   f"train {len(data.split.train)} / val {len(data.split.val)} images")
+    console.print(f"augmentation: {cfg.finetune.augment.describe()}")
     with progress() as bar:
         curve = _warmup_head(model, data, recipe, device, gen, bar) if recipe.warmup_epochs else []
         warm_val = max((c["val_accuracy"] for c in curve), default=-1.0)

@@ -120,6 +120,7 @@ class Report(_Record):
     exit_code: Literal[0, 3]
     rows: list[Row]
     gates: list[Gate]
+    augmentation: str | None = None  # what the fine-tune's augmentation did, in words
 
 
 _WRITTEN_BY = {VerifyResults: ("verify", VERIFY_SCHEMA), Report: ("report", REPORT_SCHEMA)}

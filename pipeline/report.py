@@ -81,7 +81,8 @@ def render_markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# edgepipe report: {report['name']}", "",
              f"Test split: {report['test_images']} images. Reference: {report['reference']}. "
-             f"Latency: batch 1, {m['threads']} threads, {m['cpu']}.", "",
+             f"Latency: batch 1, {m['threads']} threads, {m['cpu']}."
+             + (f" Training augmentation: {report['augmentation']}." if report.get("augmentation") else ""), "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
     failures = [g for g in report["gates"] if g["status"] == "failed"]
@@ -144,7 +145,7 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "config_sha256": cfg.sha256(), "machine": results["machine"], "test_images": results["test_images"],
               "reference": results["reference"], "passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED,
-              "rows": results["rows"], "gates": gates}
+              "rows": results["rows"], "gates": gates, "augmentation": _augmentation(manifest)}
     out = cfg.output_dir
     outputs = {"report_json": write_json(out / "report.json", checked(Report, report, "report.json"))}
     with atomic_output(out / "report.md") as tmp:
@@ -159,6 +160,17 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
     return report["exit_code"]
 
 
+def _augmentation(manifest: Manifest) -> str | None:
+    """The fine-tune's augmentation in words, from the recipe it recorded (None for an older build)."""
+    from edgepipe.pipeline.config import AugmentConfig
+
+    recipe = (manifest.data["stages"].get("finetune") or {}).get("recipe") or {}
+    try:
+        return AugmentConfig(**recipe["augment"]).describe()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
     """The report stage is up to date: show the stored report again, write JUnit if asked, and
     return its exit code, so an incremental build exits as the full one did."""
@@ -171,6 +183,8 @@ def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
 
 def _announce(report: dict) -> None:
     print_table(report)
+    if report.get("augmentation"):
+        console.print(f"training augmentation: {report['augmentation']}")
     for g in report["gates"]:
         if g["status"] == "failed":
             console.print(f"[bold red]gate failed: {g['artifact']}: {g['reason']}")

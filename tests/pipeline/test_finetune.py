@@ -27,7 +27,50 @@ def test_augment_keeps_shape_and_range_and_changes_pixels():
     gen = torch.Generator().manual_seed(0)
     y = _augment(x, AugmentConfig(), gen)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
-    assert torch.equal(_augment(x, AugmentConfig(flips=False, rot90=False, brightness=0, contrast=0), gen), x)
+    assert torch.equal(_augment(x, AugmentConfig(zoom=0, shift=0, brightness=0, contrast=0), gen), x)
+
+
+def _orientation_toys(n: int = 64, size: int = 32) -> torch.Tensor:
+    """Two orientation-sensitive classes in one batch: a ramp rising to the right (class 0) and
+    horizontal stripes (class 1). A flip turns the ramp into the other way round, a 90° turn turns
+    stripes into vertical ones: a different class on a task where orientation is the label."""
+    ramp = torch.linspace(0.1, 0.9, size).view(1, 1, 1, size).expand(n // 2, 3, size, size)
+    rows = (torch.arange(size) // 4 % 2).float().view(1, 1, size, 1).expand(n // 2, 3, size, size) * 0.8 + 0.1
+    return torch.cat([ramp, rows])
+
+
+def _still_same_class(y: torch.Tensor) -> torch.Tensor:
+    half = len(y) // 2
+    ramp, rows = y[:half].mean(dim=(1, 2)), y[half:].mean(dim=1)  # column profile, N x W / N x H x W
+    rises = ramp[:, -4:].mean(1) > ramp[:, :4].mean(1)
+    horizontal = rows.var(dim=1).mean(1) > rows.var(dim=2).mean(1)  # variance down the columns > along rows
+    return torch.cat([rises, horizontal])
+
+
+def test_default_augmentation_keeps_an_orientation_sensitive_class_what_it_is():
+    gen = torch.Generator().manual_seed(0)
+    x = _orientation_toys()
+    for _ in range(5):
+        assert _still_same_class(_augment(x, AugmentConfig(), gen)).all()
+    # the opt-in transforms do turn them into the other class: the check above can fail
+    turned = _still_same_class(_augment(x, AugmentConfig(flips=True, rot90=True), gen))
+    assert not turned[:32].all() and not turned[32:].all()
+
+
+def test_zoom_and_shift_move_content_without_mirroring_it():
+    gen = torch.Generator().manual_seed(1)
+    x = _orientation_toys(8)
+    y = _augment(x, AugmentConfig(brightness=0, contrast=0), gen)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    assert _still_same_class(y).all()
+    assert torch.equal(_augment(x, AugmentConfig(zoom=0, shift=0, brightness=0, contrast=0), gen), x)
+
+
+def test_the_augmentations_that_run_are_said_in_words():
+    assert AugmentConfig().describe() == ("zoom up to 10%, shift up to 5%, brightness ±0.2, contrast ±0.2 "
+                                          "(flips and 90° turns off: they can change a class)")
+    assert AugmentConfig(flips=True, rot90=True, zoom=0, shift=0, brightness=0, contrast=0).describe() == \
+        "flips, 90° turns"
 
 
 def test_class_weights_balance_the_loss():

@@ -1,3 +1,4 @@
+import json
 import xml.etree.ElementTree as ET
 
 from edgepipe.pipeline.config import BuildConfig
@@ -74,3 +75,10 @@ def test_markdown_lists_every_row_and_failure():
         assert f"| {r['name']} |" in md
     assert "**Gates failed:**" in md and "openvino-int8: max_accuracy_drop" in md
     assert "skipped: tensorrt not installed" in md
+
+
+def test_the_report_says_which_augmentations_trained_the_model(base):
+    report = json.loads((base / "out" / "report.json").read_text())
+    assert report["augmentation"] == ("zoom up to 10%, shift up to 5%, brightness ±0.2, contrast ±0.2 "
+                                      "(flips and 90° turns off: they can change a class)")
+    assert f"Training augmentation: {report['augmentation']}." in (base / "out" / "report.md").read_text()
