@@ -109,7 +109,11 @@ class FinetuneConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     warmup_epochs: int | None = Field(None, ge=0, description="head-only epochs on cached backbone features")
-    epochs: int | None = Field(None, ge=0, description="full fine-tune epochs after the warm-up")
+    epochs: int | None = Field(None, ge=0, description="full fine-tune epochs after the warm-up; with a budget, the most")
+    budget_minutes: float | None = Field(
+        None, gt=0, le=10080, description="wall time for the whole fine-tune stage: the full fine-tune gets the epochs "
+        "that fit after the warm-up, at the epoch time measured on this machine (null: the device profile's; "
+        "set `epochs` without a budget for exactly that many epochs on any machine)")
     batch_size: int = Field(32, ge=2, le=4096)
     head_lr: float = Field(1e-3, gt=0)
     backbone_lr: float | None = Field(None, gt=0)

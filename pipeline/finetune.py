@@ -26,16 +26,23 @@ from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.torch_model import pick_device, save_checkpoint, torch_logits
 
+BUDGET_CPU = 6.0  # minutes for the fine-tune stage on a CPU (see PROFILES)
+
 # Device profiles for the settings a config leaves null.
 # Measured on ELPV (1200-image subset, 160 px, 3 epochs, test accuracy): frozen batch norm 87.0-87.3 %
 # vs 80-82 % with batch norm in train mode (the new domain's batch statistics shift every feature
 # the warmed-up head was fit on); bf16 autocast on the CPU cost 2.7 pt against fp32. Validation
 # accuracy dips while the one-cycle schedule is at its peak, so patience must outlast that phase.
 # The CUDA profile is the long recipe (cf. 87.7 % after 30 epochs with batch norm training).
+# A CPU build trains for a wall-time budget, not a fixed epoch count: small or low-resolution
+# datasets get many cheap epochs, ELPV at 224 px the few that keep `make run` within 15 minutes.
 PROFILES = {
-    "cpu": {"warmup_epochs": 30, "epochs": 3, "backbone_lr": 2e-4, "patience": 3, "batchnorm": "frozen"},
-    "cuda": {"warmup_epochs": 10, "epochs": 30, "backbone_lr": 5e-4, "patience": 8, "batchnorm": "train"},
+    "cpu": {"warmup_epochs": 30, "epochs": 40, "budget_minutes": BUDGET_CPU, "backbone_lr": 2e-4, "patience": 3,
+            "batchnorm": "frozen"},
+    "cuda": {"warmup_epochs": 10, "epochs": 30, "budget_minutes": None, "backbone_lr": 5e-4, "patience": 8,
+             "batchnorm": "train"},
 }
+_clock = time.perf_counter  # what the budget is measured with (tests replace it)
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Recipe:
     weight_decay: float
     patience: int
     batchnorm: str
+    budget_minutes: float | None  # None: exactly `epochs` full epochs (early stopping aside)
     class_weighted_loss: bool
     augment: AugmentConfig
 
@@ -61,10 +69,13 @@ def resolve_recipe(cfg: FinetuneConfig) -> Recipe:
     if precision == "auto":  # bf16 autocast only on CUDA: on CPUs it cost accuracy (see above)
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     pick = lambda name: getattr(cfg, name) if getattr(cfg, name) is not None else profile[name]  # noqa: E731
+    # An explicit epoch count without a budget means that many epochs; otherwise the budget decides.
+    budget = cfg.budget_minutes if cfg.budget_minutes is not None else \
+        (None if cfg.epochs is not None else profile["budget_minutes"])
     return Recipe(device=device.type, precision=precision, warmup_epochs=pick("warmup_epochs"), epochs=pick("epochs"),
                   batch_size=cfg.batch_size, head_lr=cfg.head_lr, backbone_lr=pick("backbone_lr"),
                   weight_decay=cfg.weight_decay, patience=pick("patience"), batchnorm=pick("batchnorm"),
-                  class_weighted_loss=cfg.class_weighted_loss, augment=cfg.augment)
+                  class_weighted_loss=cfg.class_weighted_loss, augment=cfg.augment, budget_minutes=budget)
 
 
 def _augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -193,8 +204,58 @@ def _train_mode(model: torch.nn.Module, batchnorm: str) -> None:
             bn.eval()
 
 
-def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, start_val: float) -> tuple[list[dict], int]:
-    """Train every layer; returns the curve and the best epoch (0: the warm-up state stayed best)."""
+def plan_epochs(remaining_s: float, epoch_s: float, max_epochs: int) -> int:
+    """Full fine-tune epochs that fit in remaining_s at epoch_s each, at most max_epochs; 5 % is
+    kept for the final evaluation and the checkpoint."""
+    if epoch_s <= 0:
+        return max_epochs
+    return max(0, min(max_epochs, int(remaining_s * 0.95 // epoch_s)))
+
+
+def _probe_step_seconds(model, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, device, normalize) -> float:
+    """Seconds of one training step (augment, forward, backward) at the recipe's batch size, timed
+    on the model itself. Its weights and batch-norm statistics are restored after, and the probe
+    draws from its own generator, so training is the same as without it."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    _train_mode(model, recipe.batchnorm)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+    times = []
+    for _ in range(3):
+        b = torch.randperm(len(labels), generator=gen)[:recipe.batch_size]
+        start = time.perf_counter()
+        x = normalize(_augment(images[b].to(device).float() / 255.0, recipe.augment, gen))
+        with autocast:
+            loss = F.cross_entropy(model(x).float(), labels[b].to(device))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    model.load_state_dict(state)
+    return min(times[1:])  # the first step pays one-off costs (allocation, kernel selection)
+
+
+def _plan(model, images, labels, n_val: int, recipe: Recipe, device, normalize, deadline: float | None) -> dict:
+    """How many full epochs to run: recipe.epochs, or, with a budget, what fits before the deadline."""
+    if deadline is None:
+        return {"planned_epochs": recipe.epochs, "budget_s": None}
+    steps = -(-len(labels) // recipe.batch_size)
+    step_s = _probe_step_seconds(model, images, labels, recipe, device, normalize)
+    # + optimizer step and data movement; the val pass is forward only (about a third of a step per image)
+    epoch_s = steps * step_s * 1.15 + n_val / recipe.batch_size * step_s / 3
+    remaining = deadline - _clock()
+    planned = plan_epochs(remaining, epoch_s, recipe.epochs)
+    console.print(f"budget: {remaining / 60:.1f} min left for the full fine-tune, ~{epoch_s:.0f} s an epoch here "
+                  f"-> {planned} epoch(s) (at most {recipe.epochs})")
+    if planned == 0:
+        console.print("[yellow]the budget leaves no time for one full fine-tune epoch: the warm-up head is kept "
+                      "(raise finetune.budget_minutes to fine-tune the whole network)")
+    return {"planned_epochs": planned, "budget_s": round(remaining, 1), "epoch_s_estimate": round(epoch_s, 1)}
+
+
+def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, start_val: float,
+                  deadline: float | None = None) -> tuple[list[dict], int, dict]:
+    """Train every layer; returns the curve, the best epoch (0: the warm-up state stayed best) and
+    the plan: the epochs planned for the budget and why training stopped."""
     x_tr, y_tr = data.subset("train")
     x_va, y_va = data.subset("val")
     images = torch.from_numpy(x_tr).permute(0, 3, 1, 2).contiguous()  # uint8 N,3,H,W: 4x smaller than float
@@ -206,17 +267,22 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
     opt = torch.optim.AdamW([{"params": body_params, "lr": recipe.backbone_lr},
                              {"params": head_params, "lr": recipe.head_lr}], weight_decay=recipe.weight_decay)
     steps = -(-len(labels) // recipe.batch_size)
-    sched = one_cycle(opt, [recipe.backbone_lr, recipe.head_lr], recipe.epochs * steps)
+    plan = _plan(model, images, labels, len(y_va), recipe, device, normalize, deadline)
+    epochs = plan["planned_epochs"]
+    plan["stopped"] = "planned"
+    sched = one_cycle(opt, [recipe.backbone_lr, recipe.head_lr], epochs * steps)
     weight = _class_weights(y_tr, len(data.classes), recipe.class_weighted_loss)
     weight = weight.to(device) if weight is not None else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     curve, best_val, best_epoch, stale = [], start_val, 0, 0
-    for epoch in range(1, recipe.epochs + 1):
+    now = _clock()  # read once per epoch: the epoch's length and the time left come from the same clock
+    for epoch in range(1, epochs + 1):
         _train_mode(model, recipe.batchnorm)
-        task = bar.add_task(f"fine-tune {epoch}/{recipe.epochs}", total=steps, status="")
+        left = "" if deadline is None else f" (budget: {max(0.0, deadline - now) / 60:.1f} min left)"
+        task = bar.add_task(f"fine-tune {epoch}/{epochs}{left}", total=steps, status="")
         perm = torch.randperm(len(labels), generator=gen)
-        total, t0 = 0.0, time.perf_counter()
+        total, started = 0.0, now
         for i in range(0, len(perm), recipe.batch_size):
             b = perm[i:i + recipe.batch_size]
             if len(b) < 2:  # batch norm cannot train on a single sample
@@ -228,8 +294,9 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
             total += loss.item() * len(b)
             bar.update(task, advance=1, status=f"loss {loss.item():.3f}")
         val_acc = float((torch_logits(model, x_va, data.spec, device).argmax(1) == y_va).mean())
+        now = _clock()
         curve.append({"phase": "finetune", "epoch": epoch, "train_loss": total / len(perm), "val_accuracy": val_acc,
-                      "epoch_s": round(time.perf_counter() - t0, 1)})
+                      "epoch_s": round(now - started, 1)})
         bar.update(task, status=f"loss {total / len(perm):.3f}  val {val_acc:.1%}")
         console.print(f"epoch {epoch}: train loss {total / len(perm):.3f}, val accuracy {val_acc:.2%}, "
                       f"{curve[-1]['epoch_s']:.0f} s")
@@ -240,9 +307,15 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
             stale += 1
             if stale >= recipe.patience:
                 console.print(f"early stop: val accuracy has not improved for {stale} epoch(s)")
+                plan["stopped"] = "patience"
                 break
+        if deadline is not None and epoch < epochs and deadline - now < now - started:  # no time for another
+            console.print(f"budget: stopping after epoch {epoch} of {epochs}: "
+                          f"{max(0.0, deadline - now):.0f} s left, an epoch takes {now - started:.0f} s")
+            plan["stopped"] = "budget"
+            break
     model.load_state_dict(best_state)
-    return curve, best_epoch
+    return curve, best_epoch, plan
 
 
 def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Path:
@@ -252,6 +325,7 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
+    deadline = _clock() + recipe.budget_minutes * 60 if recipe.budget_minutes else None
     model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained, cfg.model.weights)
     model = model.to(device).to(memory_format=torch.channels_last)
     console.print(f"fine-tune {cfg.model.backbone} at {cfg.model.image_size}px on {recipe.device} ({recipe.precision}); "
@@ -260,7 +334,8 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
     with progress() as bar:
         curve = _warmup_head(model, data, recipe, device, gen, bar) if recipe.warmup_epochs else []
         warm_val = max((c["val_accuracy"] for c in curve), default=-1.0)
-        ft_curve, best_epoch = _finetune_all(model, data, recipe, device, gen, bar, warm_val) if recipe.epochs else ([], 0)
+        ft_curve, best_epoch, plan = _finetune_all(model, data, recipe, device, gen, bar, warm_val, deadline) \
+            if recipe.epochs else ([], 0, {"planned_epochs": 0, "budget_s": None, "stopped": "planned"})
     curve += ft_curve
 
     x_va, y_va = data.subset("val")
@@ -272,7 +347,7 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
     ckpt = save_checkpoint(out / "model.pt", model.cpu(), cfg.model.backbone, data.classes, data.spec)
     curve_path = write_json(out / "curve.json", curve)
     metrics = {"val_accuracy": val_acc, "test_accuracy": test_acc, "best_epoch": best_epoch,
-               "epochs_run": len(ft_curve), "wall_s": round(wall, 1)}
+               "epochs_run": len(ft_curve), "wall_s": round(wall, 1), "budget_minutes": recipe.budget_minutes, **plan}
     metrics_path = write_json(out / "metrics.json", metrics)
     manifest.data["weights"] = {"source": weights.source, "sha256": weights.sha256}
     manifest.record_stage("finetune", {"checkpoint": ckpt, "curve": curve_path, "metrics": metrics_path}, metrics,

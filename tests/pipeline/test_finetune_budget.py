@@ -1,0 +1,73 @@
+"""The CPU profile trains for a wall-time budget: the epochs follow the epoch time measured on the
+machine, a run stops on time, and cheap epochs train longer. The clock is a stand-in that ticks a
+fixed number of seconds per reading, so the tests say exactly when the budget runs out."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import edgepipe.pipeline.finetune as finetune
+from edgepipe.cli import cli
+from edgepipe.pipeline.config import FinetuneConfig
+from edgepipe.pipeline.finetune import BUDGET_CPU, plan_epochs, resolve_recipe
+from tests.conftest import write_tiny_project
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+class TickingClock:
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def _finetune(tmp_path, monkeypatch, tick: float, step_s: float, **settings) -> tuple[dict, str]:
+    monkeypatch.setattr(finetune, "_clock", TickingClock(tick))
+    monkeypatch.setattr(finetune, "_probe_step_seconds", lambda *args: step_s)
+    # 12 train images at batch 32: one optimizer step per epoch
+    cfg = write_tiny_project(tmp_path, finetune={"warmup_epochs": 1, "patience": 100, "batch_size": 32, **settings})
+    result = invoke("finetune", cfg)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    return manifest["stages"]["finetune"]["metrics"], result.output + result.stderr
+
+
+def test_plan_epochs_fits_the_remaining_time():
+    assert plan_epochs(300, 100, 40) == 2  # 5 % is kept for the final evaluation
+    assert plan_epochs(300, 1, 40) == 40  # cheap epochs: as many as allowed
+    assert plan_epochs(50, 100, 40) == 0
+    assert plan_epochs(-5, 100, 40) == 0
+
+
+def test_the_budget_stops_a_run_on_time(tmp_path, monkeypatch):
+    # Estimated at ~1.2 s an epoch, each epoch really takes 10 s on the clock. The clock reads
+    # 10 (deadline 10 + 60 = 70), 20 (the plan: 20 epochs fit), 30 (start), then 40, 50, 60, 70 at
+    # the end of epochs 1-4: after epoch 4 no time is left for a fifth.
+    metrics, log = _finetune(tmp_path, monkeypatch, tick=10, step_s=1.0, budget_minutes=1, epochs=20)
+    assert metrics["planned_epochs"] == 20 and metrics["stopped"] == "budget"
+    assert metrics["epochs_run"] == 4 and "budget: stopping after epoch 4 of 20" in log
+
+
+def test_cheap_epochs_train_longer_and_expensive_ones_keep_the_warm_up(tmp_path, monkeypatch):
+    cheap, _ = _finetune(tmp_path / "cheap", monkeypatch, tick=0.01, step_s=0.001, budget_minutes=1, epochs=12)
+    assert cheap["planned_epochs"] == 12 and cheap["epochs_run"] == 12 and cheap["stopped"] == "planned"
+    dear, log = _finetune(tmp_path / "dear", monkeypatch, tick=0.01, step_s=100.0, budget_minutes=1, epochs=12)
+    assert dear["planned_epochs"] == 0 and dear["epochs_run"] == 0 and dear["best_epoch"] == 0
+    assert "the budget leaves no time for one full fine-tune epoch" in log
+
+
+@pytest.mark.parametrize("settings, budget, epochs", [
+    ({}, BUDGET_CPU, 40),  # the CPU profile: a budget, and at most 40 epochs
+    ({"epochs": 7}, None, 7),  # an explicit epoch count without a budget: exactly that, on any machine
+    ({"epochs": 7, "budget_minutes": 2.5}, 2.5, 7),
+    ({"budget_minutes": 30}, 30, 40),
+])
+def test_an_explicit_epoch_count_or_budget_wins_over_the_profile(settings, budget, epochs):
+    recipe = resolve_recipe(FinetuneConfig(device="cpu", **settings))
+    assert (recipe.budget_minutes, recipe.epochs) == (budget, epochs)
