@@ -5,6 +5,7 @@ fixed number of seconds per reading, so the tests say exactly when the budget ru
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import edgepipe.pipeline.finetune as finetune
@@ -19,16 +20,19 @@ def invoke(*args):
 
 
 class TickingClock:
-    def __init__(self, tick: float):
-        self.now, self.tick = 0.0, tick
+    """Each reading is `tick` seconds after the last; `later` gives other steps from the given reading on."""
+
+    def __init__(self, tick: float, later: dict[int, float] | None = None):
+        self.now, self.tick, self.later, self.readings = 0.0, tick, later or {}, 0
 
     def __call__(self) -> float:
-        self.now += self.tick
+        self.readings += 1
+        self.now += self.later.get(self.readings, self.tick)
         return self.now
 
 
-def _finetune(tmp_path, monkeypatch, tick: float, step_s: float, **settings) -> tuple[dict, str]:
-    monkeypatch.setattr(finetune, "_clock", TickingClock(tick))
+def _finetune(tmp_path, monkeypatch, tick: float, step_s: float, later=None, **settings) -> tuple[dict, str]:
+    monkeypatch.setattr(finetune, "_clock", TickingClock(tick, later))
     monkeypatch.setattr(finetune, "_probe_step_seconds", lambda *args: step_s)
     # 12 train images at batch 32: one optimizer step per epoch
     cfg = write_tiny_project(tmp_path, finetune={"warmup_epochs": 1, "patience": 100, "batch_size": 32, **settings})
@@ -45,13 +49,14 @@ def test_plan_epochs_fits_the_remaining_time():
     assert plan_epochs(-5, 100, 40) == 0
 
 
-def test_the_budget_stops_a_run_on_time(tmp_path, monkeypatch):
-    # Estimated at ~1.2 s an epoch, each epoch really takes 10 s on the clock. The clock reads
-    # 10 (deadline 10 + 60 = 70), 20 (the plan: 20 epochs fit), 30 (start), then 40, 50, 60, 70 at
-    # the end of epochs 1-4: after epoch 4 no time is left for a fifth.
-    metrics, log = _finetune(tmp_path, monkeypatch, tick=10, step_s=1.0, budget_minutes=1, epochs=20)
-    assert metrics["planned_epochs"] == 20 and metrics["stopped"] == "budget"
-    assert metrics["epochs_run"] == 4 and "budget: stopping after epoch 4 of 20" in log
+def test_the_budget_is_replanned_from_the_first_epoch_and_stops_a_run_on_time(tmp_path, monkeypatch):
+    # The probe says ~1.3 s an epoch; on the clock the first epoch takes 10 s, the second 30 s.
+    # Readings: 10 (deadline 10 + 60 = 70), 20 (plan: 20 epochs fit), 30 (start), 40 (end of epoch 1:
+    # 10 s an epoch, 30 s left -> 3 epochs in all), 70 (end of epoch 2: no time left for a third).
+    metrics, log = _finetune(tmp_path, monkeypatch, tick=10, step_s=1.0, later={5: 30}, budget_minutes=1, epochs=20)
+    assert "an epoch takes 10 s here: 3 epoch(s) in all, not 20" in log
+    assert metrics["planned_epochs"] == 3 and metrics["stopped"] == "budget" and metrics["epochs_run"] == 2
+    assert "budget: stopping after epoch 2 of 3" in log
 
 
 def test_cheap_epochs_train_longer_and_expensive_ones_keep_the_warm_up(tmp_path, monkeypatch):
@@ -71,3 +76,17 @@ def test_cheap_epochs_train_longer_and_expensive_ones_keep_the_warm_up(tmp_path,
 def test_an_explicit_epoch_count_or_budget_wins_over_the_profile(settings, budget, epochs):
     recipe = resolve_recipe(FinetuneConfig(device="cpu", **settings))
     assert (recipe.budget_minutes, recipe.epochs) == (budget, epochs)
+
+
+def test_early_stopping_waits_for_the_learning_rate_peak(tmp_path, monkeypatch):
+    """Val accuracy dips while the one-cycle rate climbs: patience counts only the epochs after the
+    peak. Scripted logits (class 0 for every image: half right) never beat the warm-up's head; with
+    patience 1 and 8 one-step epochs (the rate peaks in epoch 2), training stops after epoch 3, not 1."""
+    monkeypatch.setattr(finetune, "torch_logits",
+                        lambda model, x, spec, device: torch.nn.functional.one_hot(
+                            torch.zeros(len(x), dtype=torch.long), 2).numpy().astype("float32"))
+    cfg = write_tiny_project(tmp_path, finetune={"warmup_epochs": 1, "epochs": 8, "patience": 1, "batch_size": 32})
+    result = invoke("finetune", cfg)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["finetune"]["metrics"]
+    assert metrics["stopped"] == "patience" and metrics["epochs_run"] == 3
