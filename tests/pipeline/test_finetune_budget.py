@@ -90,3 +90,23 @@ def test_early_stopping_waits_for_the_learning_rate_peak(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["finetune"]["metrics"]
     assert metrics["stopped"] == "patience" and metrics["epochs_run"] == 3
+
+
+def test_the_step_probe_leaves_the_model_and_the_random_streams_as_they_were():
+    import timm
+
+    from edgepipe.pipeline.backbones import preprocess_spec
+    from edgepipe.pipeline.finetune import _Normalize, _probe_step_seconds
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=2, drop_rate=0.5)  # dropout draws random numbers
+    recipe = resolve_recipe(FinetuneConfig(device="cpu", batchnorm="train", batch_size=4))
+    images, labels = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1] * 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(3)
+    seconds = _probe_step_seconds(model, images, labels, recipe, torch.device("cpu"),
+                                  _Normalize(preprocess_spec("tf_efficientnet_lite0", 32), "cpu"))
+    after_probe = torch.rand(3)
+    torch.manual_seed(3)
+    assert seconds > 0 and torch.equal(after_probe, torch.rand(3))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # batch-norm statistics too
+    assert all(p.grad is None for p in model.parameters())
