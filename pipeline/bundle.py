@@ -46,17 +46,18 @@ from edgepipe.runtime.bundle import (
     seal,
     validate_meta,
 )
-from edgepipe.targets import get_device, get_target
+from edgepipe.targets import get_target
 from edgepipe.targets.base import Artifact
+from edgepipe.targets.builder import Target
 
 ROW_KEYS = ("accuracy", "macro_f1", "per_class_recall", "confusion", "accuracy_delta", "agreement", "vs_parent",
             "latency_ms", "throughput", "runtime")
 
 
-def _no_bundle_reason(a: Artifact, row: dict | None) -> str | None:
+def _no_bundle_reason(a: Artifact, target: Target, row: dict | None) -> str | None:
     if a.status == "failed":
         return f"failed to build: {a.reason}"
-    if a.status == "skipped" and not (get_target(a.target).bundles_unbuilt and a.files):
+    if a.status == "skipped" and not (target.bundles_unbuilt and a.files):
         return f"not built: {a.reason}"
     if a.status == "built" and (row is None or row["status"] != "ok"):
         return f"failed verify: {row['reason'] if row else 'no verify result'}"
@@ -79,17 +80,12 @@ def _verified(a: Artifact, rows: dict, results: dict, report: dict) -> tuple[dic
     return verified, {"passed": not failed, "failed": failed}
 
 
-def bundle_files(a: Artifact) -> tuple[Path, list[Path]]:
-    """(model file, every file the bundle holds): the backend's choice (TensorRT never ships a plan)."""
-    return get_target(a.target).bundle_files(a)
-
-
-def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dict, a: Artifact, rows: dict,
-                model: Path) -> dict:
+def bundle_meta(cfg: BuildConfig, manifest: Manifest, report: dict, results: dict, a: Artifact, target: Target,
+                rows: dict, model: Path) -> dict:
     dataset = manifest.data.get("dataset") or {}
     if "preprocess" not in dataset:
         raise MissingArtifactError(f"{manifest.path} records no preprocessing spec", "rerun `edgepipe build`")
-    target, device = get_target(a.target), get_device(a.target)
+    device = target.device
     inp, out = target.io_spec(model)
     verified, gates = _verified(a, rows, results, report)
     stages = manifest.data["stages"]
@@ -206,12 +202,13 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = Non
         if a.proxy:  # its numbers go into the TensorRT bundle it stands in for
             continue
         key = f"{a.target}-{a.precision}"
-        if reason := _no_bundle_reason(a, rows.get(a.name)):
+        target = get_target(a.target)
+        if reason := _no_bundle_reason(a, target, rows.get(a.name)):
             skipped[key] = reason
             console.print(f"  {key:<28} [yellow]no bundle[/] {reason}")
             continue
-        model, files = bundle_files(a)
-        meta = bundle_meta(cfg, manifest, report, results, a, rows, model)
+        model, files = target.bundle_files(a)  # the backend's choice (TensorRT never ships a plan)
+        meta = bundle_meta(cfg, manifest, report, results, a, target, rows, model)
         # A release key vouches for bundles that passed their gates: a failed one is written unsigned,
         # so a device that trusts only signed bundles never runs it.
         sign_this = signing if meta["gates"]["passed"] is not False else None

@@ -7,9 +7,10 @@ field unit computes what the build report measured.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,9 +18,10 @@ from PIL import Image, UnidentifiedImageError
 from edgepipe.core.errors import BackendMissing, BundleError, ImageError
 from edgepipe.core.preprocess import DECODE_ERRORS, UnreadableFile, decode_image, from_array, read_image_bytes
 from edgepipe.runtime.bundle import Bundle, load_bundle
-from edgepipe.targets.base import Artifact, Device, Runner
+from edgepipe.targets.base import Artifact, Runner
 
 ImageLike = str | Path | Image.Image | np.ndarray
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Prediction:
@@ -42,12 +44,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _require(device: Device, target: str, install_hint: str | None) -> None:
+def _require(load: Callable[[], T], target: str, fix: str | None) -> T:
+    """load(), with an ImportError (a backend missing here) turned into BackendMissing naming it."""
     try:
-        device.require()
+        return load()
     except ImportError as e:
-        raise BackendMissing(f"this {target} bundle needs {e.name or device.package}, which is not installed here",
-                             install_hint or device.install) from None
+        raise BackendMissing(f"this {target} bundle needs {e.name or 'its backend'}, which is not installed here",
+                             fix or f"pip install {e.name}") from None
 
 
 def make_runner(bundle: Bundle, threads: int, proxy: bool = False) -> Runner:
@@ -64,9 +67,10 @@ def make_runner(bundle: Bundle, threads: int, proxy: bool = False) -> Runner:
         if device.proxy is None or bundle.verified.get("how") != "proxy":
             raise BundleError(f"{bundle.name} has no proxy: --proxy runs a TensorRT int8 bundle's Q/DQ graph on "
                               "ONNX Runtime, as the build verified it", "leave out --proxy")
-        return device.proxy_runner(Artifact(target, precision, bundle.model_path, files, proxy=device.proxy), threads)
+        artifact = Artifact(target, precision, bundle.model_path, files, proxy=device.proxy)
+        return _require(lambda: device.proxy_runner(artifact, threads), target, None)
     model = device.bundle_model(bundle.root, bundle.model_path, bundle.name)
-    _require(device, target, (bundle.meta.get("runtime") or {}).get("install"))
+    _require(device.require, target, (bundle.meta.get("runtime") or {}).get("install") or device.install)
     return device.runner(Artifact(target, precision, model, files), threads)
 
 

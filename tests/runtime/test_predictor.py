@@ -98,6 +98,14 @@ def test_missing_backend_names_the_package_to_install(tiny_build, monkeypatch):
     assert "needs openvino" in str(e.value) and "pip install 'edgepipe[runtime]' openvino==" in str(e.value)
 
 
+def test_proxy_without_its_backend_names_the_package_to_install(tiny_build, monkeypatch):
+    """--proxy runs a TensorRT bundle's Q/DQ graph on ONNX Runtime: missing, it is BackendMissing, not a crash."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendMissing) as e:
+        Predictor(tiny_build["dist"] / "tensorrt-int8", proxy=True)
+    assert "needs onnxruntime" in str(e.value) and "pip install onnxruntime" in str(e.value)
+
+
 def test_labels_that_do_not_fit_the_model_are_refused(bundle_copy):
     folder = bundle_copy()
     meta = json.loads((folder / "bundle.json").read_text())
