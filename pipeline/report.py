@@ -82,6 +82,7 @@ def render_markdown(report: dict) -> str:
     lines = [f"# edgepipe report: {report['name']}", "",
              f"Test split: {report['test_images']} images. Reference: {report['reference']}. "
              f"Latency: batch 1, {m['threads']} threads, {m['cpu']}."
+             + (f" Backbone: {describe_weights(report['weights'])}." if report.get("weights") else "")
              + (f" Training augmentation: {report['augmentation']}." if report.get("augmentation") else ""), "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
@@ -145,7 +146,8 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "config_sha256": cfg.sha256(), "machine": results["machine"], "test_images": results["test_images"],
               "reference": results["reference"], "passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED,
-              "rows": results["rows"], "gates": gates, "augmentation": _augmentation(manifest)}
+              "rows": results["rows"], "gates": gates, "augmentation": _augmentation(manifest),
+              "weights": _weights(manifest)}
     out = cfg.output_dir
     outputs = {"report_json": write_json(out / "report.json", checked(Report, report, "report.json"))}
     with atomic_output(out / "report.md") as tmp:
@@ -171,6 +173,18 @@ def _augmentation(manifest: Manifest) -> str | None:
         return None
 
 
+def _weights(manifest: Manifest) -> dict | None:
+    """Backbone and weights as the fine-tune recorded them (None for a build before `origin` was kept)."""
+    w = manifest.data.get("weights") or {}
+    return w if {"backbone", "origin", "source", "sha256"} <= set(w) else None
+
+
+def describe_weights(w: dict) -> str:
+    if w["origin"] == "none":
+        return f"{w['backbone']}, random initialisation (no ImageNet weights)"
+    return f"{w['backbone']}, ImageNet weights from {w['origin']} {w['source']} (sha256 {w['sha256'][:16]}…)"
+
+
 def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
     """The report stage is up to date: show the stored report again, write JUnit if asked, and
     return its exit code, so an incremental build exits as the full one did."""
@@ -183,6 +197,8 @@ def replay_report(manifest: Manifest, junit: Path | None = None) -> int:
 
 def _announce(report: dict) -> None:
     print_table(report)
+    if report.get("weights"):
+        console.print(f"backbone: {describe_weights(report['weights'])}")
     if report.get("augmentation"):
         console.print(f"training augmentation: {report['augmentation']}")
     for g in report["gates"]:

@@ -3,6 +3,7 @@ model with confident answers (so int8 agreement is meaningful in tests)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ from PIL import Image
 from edgepipe.calibration import create_calibration_set
 from edgepipe.core.preprocess import PreprocessSpec
 from edgepipe.pipeline.export import export_onnx
+
+# No test downloads weights: a backbone without local weights must fail as it does offline.
+# tests/pipeline/test_backbones.py lifts this to test the download path against a fake hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def write_image(path: Path, size=(48, 48), mode="L", seed=0) -> Path:

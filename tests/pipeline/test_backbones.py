@@ -1,9 +1,13 @@
+import hashlib
 import importlib.resources
+from pathlib import Path
 
+import huggingface_hub
 import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from edgepipe.core.errors import ConfigError
 from edgepipe.pipeline.backbones import create_model, load_imagenet_weights, preprocess_spec
@@ -44,8 +48,92 @@ def test_classifier_is_replaced_for_the_task():
 def test_backbone_without_local_weights_says_where_to_put_them(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(ConfigError, match=r"no ImageNet weights for mobilenetv3_large_100.*model.weights.*pretrained: false"):
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_download)
+    with pytest.raises(ConfigError, match=r"no ImageNet weights for mobilenetv3_large_100.*HF_HUB_OFFLINE"
+                                          r".*model.weights.*pretrained: false"):
         create_model("mobilenetv3_large_100", num_classes=2, pretrained=True)
+
+
+def _no_download(*args, **kwargs):
+    raise AssertionError("edgepipe tried to download weights although HF_HUB_OFFLINE=1")
+
+
+def _timm_file(path, timm_name: str, safetensors: bool):
+    """A stand-in for timm's published ImageNet file: the architecture's tensors (random values)."""
+    src = timm.create_model(timm_name, num_classes=1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if safetensors:
+        save_file(src.state_dict(), str(path))
+    else:
+        torch.save(src.state_dict(), path)
+    return src
+
+
+def _fake_hf_cache(cache, repo_id: str, fname: str, timm_name: str):
+    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/<file>}."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return _timm_file(repo / "snapshots" / commit / fname, timm_name, safetensors=fname.endswith(".safetensors"))
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv3_large_100", "mobilenetv2_100", "efficientnet_b0"])
+def test_timm_weights_come_from_a_huggingface_cache_offline(monkeypatch, tmp_path, backbone):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_download)
+    repo_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
+    src = _fake_hf_cache(tmp_path / "hf", repo_id, "model.safetensors", backbone)
+    model, loaded = create_model(backbone, 3, pretrained=True)
+    assert loaded.origin == "huggingface cache" and loaded.source.startswith(str(tmp_path / "hf"))
+    assert loaded.sha256 == hashlib.sha256(open(loaded.source, "rb").read()).hexdigest()
+    assert torch.equal(model.conv_stem.weight, src.conv_stem.weight)
+    assert model.get_classifier().out_features == 3
+
+
+def test_timm_weights_come_from_the_torch_hub_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    url = timm.models.get_pretrained_cfg("mobilenetv2_100").url
+    src = _timm_file(tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1], "mobilenetv2_100", False)
+    model, loaded = create_model("mobilenetv2_100", 2, pretrained=True)
+    assert loaded.origin == "torch-hub cache"
+    assert torch.equal(model.conv_stem.weight, src.conv_stem.weight)
+
+
+def test_online_without_a_cache_downloads_from_timms_hub_repo(monkeypatch, tmp_path):
+    """Online (HF_HUB_OFFLINE unset) the file comes through huggingface_hub into its cache, once."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    calls = []
+
+    def fake_download(repo_id, filename, cache_dir=None, **kwargs):
+        calls.append((repo_id, filename, cache_dir))
+        _fake_hf_cache(Path(cache_dir), repo_id, filename, "efficientnet_b0")
+        return str(Path(cache_dir) / ("models--" + repo_id.replace("/", "--")) / "snapshots" / ("0" * 40) / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    _, loaded = create_model("efficientnet_b0", 2, pretrained=True)
+    assert calls == [("timm/efficientnet_b0.ra_in1k", "model.safetensors", str(tmp_path / "hf"))]
+    assert loaded.origin == "huggingface download"
+    _, again = create_model("efficientnet_b0", 2, pretrained=True)  # the second build reads the cache
+    assert len(calls) == 1 and again.origin == "huggingface cache" and again.sha256 == loaded.sha256
+
+
+def test_a_failed_download_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ConfigError, match=r"could not download ImageNet weights for mobilenetv2_100 from "
+                                          r"huggingface.co/timm/mobilenetv2_100.ra_in1k.*ConnectionError.*model.weights"):
+        create_model("mobilenetv2_100", 2, pretrained=True)
 
 
 def test_local_weights_file_loads_and_mismatch_is_explained(tmp_path):

