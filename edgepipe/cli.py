@@ -156,12 +156,30 @@ def bundle_(config: str, sign_key: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("record", required=False, type=click.Choice(["verify-results", "report", "bundle"]))
+@CONFIG
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
+              help="number of stratified folds over train + val")
+@_guard
+def cv(config: str, folds: int) -> None:
+    """K-fold cross-validation of CONFIG's fine-tune: per-fold and mean ± std val accuracy.
+
+    Each fold runs the fine-tune stage with that fold as the validation split (the test split is
+    untouched) in OUTPUT_DIR/cv/fold-<k>/; a fold already done is not retrained. Writes
+    OUTPUT_DIR/cv/cv.json and cv/report.md."""
+    _require_build_tools()
+    from edgepipe.pipeline.config import load_config
+    from edgepipe.pipeline.cv import run_cv
+
+    run_cv(load_config(config), folds)
+
+
+@cli.command()
+@click.argument("record", required=False, type=click.Choice(["verify-results", "report", "bundle", "cv"]))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="write every schema to OUT/<record>.json instead of printing one")
 @_guard
 def schema(record: str | None, out_dir: Path | None) -> None:
-    """Print the JSON schema of a record edgepipe writes (verify/results.json, report.json, bundle.json)."""
+    """Print the JSON schema of a record edgepipe writes (verify/results.json, report.json, bundle.json, cv/cv.json)."""
     import json
 
     from edgepipe.core.files import atomic_output
@@ -170,7 +188,7 @@ def schema(record: str | None, out_dir: Path | None) -> None:
     schemas = json_schemas()
     if out_dir is None:
         if record is None:
-            raise click.UsageError("name a record (verify-results, report, bundle) or pass --out DIR")
+            raise click.UsageError("name a record (verify-results, report, bundle, cv) or pass --out DIR")
         click.echo(json.dumps(schemas[record], indent=2))
         return
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,23 @@ from edgepipe.targets.section import Section, TargetSection
 _Section = Section  # strict keys, no NaN / Inf: shared with the backends' sections
 
 
+class FoldConfig(_Section):
+    """One fold of k-fold cross-validation over train + val (the test split stays as it is)."""
+
+    index: int = Field(ge=1, description="this fold, 1..of: its images are the validation split")
+    of: int = Field(ge=2, le=20, description="the number of folds")
+
+    @model_validator(mode="after")
+    def _index_in_range(self):
+        if self.index > self.of:
+            raise ValueError(f"fold index {self.index} is above the number of folds {self.of}")
+        return self
+
+
 class SplitConfig(_Section):
     val: float = Field(0.15, gt=0, lt=1, description="fraction of each class held out for validation")
     test: float = Field(0.25, gt=0, lt=1, description="fraction of each class held out for the final test")
+    fold: FoldConfig | None = Field(None, description="set by `edgepipe cv`: validate on this fold of train + val")
 
     @model_validator(mode="after")
     def _leaves_training_data(self):

@@ -205,7 +205,8 @@ def _cut(n: int, cfg: SplitConfig) -> tuple[int, int]:
     return n_test, n_val
 
 
-def stratified_split(labels: np.ndarray, cfg: SplitConfig, seed: int, groups: np.ndarray | None = None) -> Split:
+def stratified_split(labels: np.ndarray, cfg: SplitConfig, seed: int, groups: np.ndarray | None = None,
+                     classes: tuple[str, ...] | None = None) -> Split:
     """Per class: shuffle with (seed, class) and cut test, then val, the rest is train.
 
     groups: items with the same group id (byte-identical files) move together, so copies never
@@ -235,7 +236,29 @@ def stratified_split(labels: np.ndarray, cfg: SplitConfig, seed: int, groups: np
         for name, chunk in (("test", members[:test_end]), ("val", members[test_end:val_end]),
                             ("train", members[val_end:])):
             parts[name].append(np.concatenate(chunk) if chunk else np.empty(0, np.int64))
-    return Split(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
+    split = Split(**{k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()})
+    if cfg.fold is None:
+        return split
+    return _fold_of(split, labels, groups, cfg.fold.index, cfg.fold.of, seed, classes)
+
+
+def _fold_of(split: Split, labels: np.ndarray, groups: np.ndarray, index: int, of: int, seed: int,
+             classes: tuple[str, ...] | None) -> Split:
+    """Fold `index` of `of` over train + val, stratified by class, copies kept in one fold
+    (scikit-learn's StratifiedGroupKFold); the test split is the one without folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = np.sort(np.concatenate([split.train, split.val]))
+    distinct = {int(c): len(np.unique(groups[pool][labels[pool] == c])) for c in np.unique(labels)}
+    c, fewest = min(distinct.items(), key=lambda kv: kv[1])
+    if fewest < of:
+        name = classes[c] if classes else str(c)
+        raise DataError(f"class '{name}' has {fewest} distinct image(s) outside the test split: too few for {of} "
+                        "folds (every fold validates on at least one image of every class)",
+                        f"use --folds {fewest} or fewer" if fewest >= 2 else f"add images of '{name}'")
+    folds = StratifiedGroupKFold(n_splits=of, shuffle=True, random_state=seed)
+    train, val = list(folds.split(np.zeros(len(pool)), labels[pool], groups[pool]))[index - 1]
+    return Split(np.sort(pool[train]), np.sort(pool[val]), split.test)
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -340,7 +363,7 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
         if n < MIN_PER_CLASS:
             raise DataError(f"class '{c}' has {n} usable image(s)",
                             f"each class needs at least {MIN_PER_CLASS} (train, val and test)")
-    split = stratified_split(labels, cfg.split, seed, groups[keep])
+    split = stratified_split(labels, cfg.split, seed, groups[keep], cat.classes)
     _check_every_split_has_every_class(split, labels, cat.classes, groups[keep])
     split_digest = hashlib.sha256()
     for name in ("train", "val", "test"):

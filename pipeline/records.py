@@ -16,6 +16,7 @@ from edgepipe.core.errors import MissingArtifactError
 
 VERIFY_SCHEMA = "edgepipe-verify/1"
 REPORT_SCHEMA = "edgepipe-report/1"
+CV_SCHEMA = "edgepipe-cv/1"
 
 Share = Annotated[float, Field(ge=0, le=1)]
 Delta = Annotated[float, Field(ge=-1, le=1)]
@@ -133,7 +134,45 @@ class Report(_Record):
     weights: Weights | None = None  # None for a build older than this field
 
 
-_WRITTEN_BY = {VerifyResults: ("verify", VERIFY_SCHEMA), Report: ("report", REPORT_SCHEMA)}
+class Fold(_Record):
+    fold: int
+    train_images: int
+    val_images: int
+    val_accuracy: Share  # the best epoch's, the checkpoint kept
+    test_accuracy: Share  # the one test split every fold shares (never trained or selected on)
+    best_epoch: int
+    epochs_run: int
+    wall_s: float
+    output_dir: str
+
+
+class Spread(_Record):
+    mean: Share
+    std: float  # sample standard deviation over the folds (ddof 1)
+    min: Share
+    max: Share
+
+
+class CvReport(_Record):
+    """cv/cv.json: k-fold cross-validation of the fine-tune over train + val (`edgepipe cv`)."""
+
+    schema_: Literal["edgepipe-cv/1"] = Field(alias="schema")
+    name: str
+    created: str
+    config_sha256: str
+    backbone: str
+    image_size: int
+    seed: int
+    folds: int
+    test_images: int
+    per_fold: list[Fold]
+    val_accuracy: Spread
+    test_accuracy: Spread
+    wall_s: float
+
+
+_WRITTEN_BY = {VerifyResults: ("verify", VERIFY_SCHEMA), Report: ("report", REPORT_SCHEMA),
+               CvReport: ("cv", CV_SCHEMA)}
 
 
 def checked(model: type[_Record], data: dict, where: str) -> dict:
@@ -167,4 +206,5 @@ def json_schemas() -> dict[str, dict]:
 
     return {"verify-results": VerifyResults.model_json_schema(by_alias=True),
             "report": Report.model_json_schema(by_alias=True),
-            "bundle": BundleMeta.model_json_schema(by_alias=True)}
+            "bundle": BundleMeta.model_json_schema(by_alias=True),
+            "cv": CvReport.model_json_schema(by_alias=True)}
