@@ -78,9 +78,18 @@ def _require_build_tools() -> None:
 
 def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **options) -> None:
     _require_build_tools()
-    from edgepipe.pipeline.build import run_stages
+    from edgepipe.pipeline.build import run_stages, run_worker_rank
     from edgepipe.pipeline.config import load_config
+    from edgepipe.pipeline.distributed import from_env
 
+    ranks = from_env()
+    if ranks.enabled and stages != ("finetune",):
+        raise EdgepipeError(f"torchrun started {ranks.world} processes: only the fine-tune runs distributed",
+                            "torchrun ... -m edgepipe finetune CONFIG, then `edgepipe build CONFIG` on one process "
+                            "continues from its checkpoint")
+    if not ranks.main:  # a worker: trains its slice of each batch, writes nothing (rank 0 does)
+        run_worker_rank(load_config(config))
+        return
     code = run_stages(load_config(config), stages, junit, **options)
     if code:
         sys.exit(code)
@@ -108,7 +117,10 @@ def build(config: str, junit: Path | None, force_from: str | None, sign_key: Pat
 @CONFIG
 @_guard
 def finetune(config: str) -> None:
-    """Fine-tune the backbone on the dataset of CONFIG."""
+    """Fine-tune the backbone on the dataset of CONFIG.
+
+    Runs distributed when torchrun starts it (`torchrun --nproc_per_node=N -m edgepipe finetune
+    CONFIG`): the same result and checkpoint as one process at the same batch size."""
     _run(config, ("finetune",))
 
 
@@ -169,6 +181,11 @@ def cv(config: str, folds: int) -> None:
     _require_build_tools()
     from edgepipe.pipeline.config import load_config
     from edgepipe.pipeline.cv import run_cv
+    from edgepipe.pipeline.distributed import from_env
+
+    if from_env().enabled:
+        raise EdgepipeError("edgepipe cv does not run under torchrun",
+                            "run it as one process (each fold's fine-tune uses every core)")
 
     run_cv(load_config(config), folds)
 

@@ -24,7 +24,7 @@ class _Dataset:
     """The dataset, at most once per build and only when asked for: its fingerprint (file bytes,
     no decoding) for the keys, the decoded images for a stage that runs."""
 
-    def __init__(self, cfg: BuildConfig, manifest: Manifest):
+    def __init__(self, cfg: BuildConfig, manifest: Manifest | None):
         from edgepipe.pipeline.backbones import preprocess_spec
 
         self.cfg, self.manifest = cfg, manifest
@@ -43,11 +43,22 @@ class _Dataset:
             from edgepipe.pipeline.data import prepare
 
             data = prepare(self.cfg.dataset, self.spec, self.cfg.seed)
-            self.manifest.record_dataset(data.summary())
+            if self.manifest is not None:  # None: a torchrun worker, which writes nothing
+                self.manifest.record_dataset(data.summary())
             console.print(f"dataset {self.cfg.dataset.source}: {len(data.labels)} images, classes "
                           f"{', '.join(data.classes)}, split {data.split.sizes()}")
             self._data = data
         return self._data
+
+
+def run_worker_rank(cfg: BuildConfig) -> None:
+    """A torchrun worker (rank > 0) of `edgepipe finetune`: the same data, its slice of every batch.
+    It takes no lock and writes nothing; rank 0 runs the stage itself through run_stages."""
+    from edgepipe.pipeline import distributed
+    from edgepipe.pipeline.finetune import run_finetune
+
+    distributed.quiet_unless_main(distributed.from_env())
+    run_finetune(cfg, _Dataset(cfg, None).data(), None)
 
 
 def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = None, *,

@@ -3,8 +3,10 @@
 Recipe: (1) head-only warm-up on backbone features computed once (cheap on a CPU), then
 (2) the whole network with a lower backbone learning rate, one-cycle schedule, label-preserving
 augmentation (zoom, shift, brightness, contrast; flips and 90° turns only when the config opts in),
-class-weighted loss, early stopping on val accuracy; the best epoch is kept. Settings left null in the config come from the device
-profile below: CPU builds must finish in minutes, GPU builds get the full recipe.
+class-weighted loss, early stopping on val accuracy; the best epoch is kept. Settings left null in
+the config come from the device profile below: CPU builds train for a time budget, GPU builds get
+the full recipe. Under torchrun every rank runs this (distributed.py); epoch snapshots let a killed
+run resume (snapshot.py). Augmentation: augment.py; learning-rate schedule and budget: schedule.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,10 +24,15 @@ import torch.nn.functional as F
 
 from edgepipe.core.console import console, progress
 from edgepipe.core.files import write_json
+from edgepipe.pipeline import distributed
+from edgepipe.pipeline.augment import _augment, _Normalize
 from edgepipe.pipeline.backbones import create_model
 from edgepipe.pipeline.config import AugmentConfig, BuildConfig, FinetuneConfig
 from edgepipe.pipeline.data import PreparedData
+from edgepipe.pipeline.distributed import Ranks
 from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.schedule import _stretch, one_cycle, plan_epochs, warmup_share
+from edgepipe.pipeline.snapshot import Snapshots
 from edgepipe.pipeline.torch_model import pick_device, save_checkpoint, torch_logits
 
 BUDGET_CPU = 7.0  # minutes for the fine-tune stage on a CPU (see PROFILES)
@@ -79,46 +87,6 @@ def resolve_recipe(cfg: FinetuneConfig) -> Recipe:
                   batch_size=cfg.batch_size, head_lr=cfg.head_lr, backbone_lr=pick("backbone_lr"),
                   weight_decay=cfg.weight_decay, patience=pick("patience"), batchnorm=pick("batchnorm"),
                   class_weighted_loss=cfg.class_weighted_loss, augment=cfg.augment, budget_minutes=budget)
-
-
-def _augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """x: N,3,H,W float in [0,1]. Per sample: zoom-in and shift (one affine resample; the border
-    pixels repeat where the shift passes the edge), then the opt-in flips and 90° turns, then
-    contrast and brightness jitter. Nothing here mirrors or turns an image unless asked."""
-    n = x.shape[0]
-    r = lambda *s: torch.rand(*s, generator=gen).to(x.device)  # noqa: E731
-    if aug.zoom or aug.shift:
-        scale = 1 / (1 + r(n) * aug.zoom)  # < 1: the sampling grid covers less than the image = zoom in
-        theta = torch.zeros(n, 2, 3, device=x.device)
-        theta[:, 0, 0] = theta[:, 1, 1] = scale
-        theta[:, :, 2] = (r(n, 2) * 2 - 1) * 2 * aug.shift  # grid coordinates span 2 units per side
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if aug.flips:
-        x = torch.where(r(n, 1, 1, 1) < 0.5, x.flip(3), x)
-        x = torch.where(r(n, 1, 1, 1) < 0.5, x.flip(2), x)
-    if aug.rot90 and x.shape[2] == x.shape[3]:
-        k = torch.randint(0, 4, (n,), generator=gen)
-        x = torch.stack([torch.rot90(xi, int(ki), (1, 2)) for xi, ki in zip(x, k)])
-    if aug.contrast:
-        c = 1 + (r(n, 1, 1, 1) * 2 - 1) * aug.contrast
-        m = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - m) * c + m
-    if aug.brightness:
-        x = x + (r(n, 1, 1, 1) * 2 - 1) * aug.brightness
-    return x.clamp(0, 1)
-
-
-class _Normalize:
-    """The spec's normalisation on augmented NCHW tensors already on the training device."""
-
-    def __init__(self, spec, device):
-        self.spec = spec
-        self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-
-    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.spec.standardize(x01, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
 
 def _class_weights(labels: np.ndarray, n_classes: int, on: bool) -> torch.Tensor | None:
@@ -188,42 +156,6 @@ def _warmup_head(model, data: PreparedData, recipe: Recipe, device, gen, bar) ->
     return curve
 
 
-def warmup_share(total_steps: int) -> float:
-    """The share of a one-cycle schedule spent raising the learning rate (see one_cycle)."""
-    if total_steps < 3:
-        return 0.0
-    return min(max(0.25, 2 / total_steps), 1 - 1 / total_steps)
-
-
-def one_cycle(opt: torch.optim.Optimizer, max_lrs: list[float], total_steps: int):
-    """OneCycle with a 25 % warm-up, valid for any number of steps.
-
-    torch's OneCycleLR divides by each phase's length in steps (pct_start * total - 1, then the
-    rest): at 4 steps the warm-up is zero steps long (ZeroDivisionError), below that negative. So
-    the warm-up takes at least 2 steps and the decay at least 1; under 3 steps the rate is constant."""
-    if total_steps < 3:
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=total_steps,
-                                               pct_start=warmup_share(total_steps))
-
-
-def _stretch(opt: torch.optim.Optimizer, sched, max_lrs: list[float], total_steps: int):
-    """The one-cycle schedule re-made for a new total length, continuing from the step it is at
-    (when a budget's plan changes after the first epoch). From a 1-epoch plan that means a restart
-    from near the peak rate: the first epoch already ran its whole cycle."""
-    done = sched.last_epoch  # optimizer steps taken so far
-    if total_steps < 3 or done >= total_steps:
-        return sched
-    for group, lr in zip(opt.param_groups, max_lrs):  # what OneCycleLR keeps when it starts at step 0
-        group.setdefault("initial_lr", lr / 25)
-        group["max_lr"], group["min_lr"] = lr, group["initial_lr"] / 1e4
-        group.setdefault("max_momentum", 0.95)  # OneCycleLR's defaults (it cycles Adam's beta1)
-        group.setdefault("base_momentum", 0.85)
-    # last_epoch = done - 1: building a scheduler takes one step itself
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=total_steps,
-                                               pct_start=warmup_share(total_steps), last_epoch=done - 1)
-
-
 def _train_mode(model: torch.nn.Module, batchnorm: str) -> None:
     model.train()
     if batchnorm == "frozen":
@@ -231,18 +163,12 @@ def _train_mode(model: torch.nn.Module, batchnorm: str) -> None:
             bn.eval()
 
 
-def plan_epochs(remaining_s: float, epoch_s: float, max_epochs: int) -> int:
-    """Full fine-tune epochs that fit in remaining_s at epoch_s each, at most max_epochs; 5 % is
-    kept for the final evaluation and the checkpoint."""
-    if epoch_s <= 0:
-        return max_epochs
-    return max(0, min(max_epochs, int(remaining_s * 0.95 // epoch_s)))
-
-
-def _probe_step_seconds(model, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, device, normalize) -> float:
-    """Seconds of one training step (augment, forward, backward) at the recipe's batch size, timed
-    on the model itself. Its weights and batch-norm statistics are restored after, and the probe
-    draws from its own generator, so training is the same as without it."""
+def _probe_step_seconds(model, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, device, normalize,
+                        batch: int | None = None) -> float:
+    """Seconds of one training step (augment, forward, backward) at `batch` images (the recipe's
+    batch size; a rank's slice of it under torchrun), timed on the model itself. Its weights and
+    batch-norm statistics are restored after, and the probe draws from its own generator, so
+    training is the same as without it."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
     _train_mode(model, recipe.batchnorm)
@@ -251,7 +177,7 @@ def _probe_step_seconds(model, images: torch.Tensor, labels: torch.Tensor, recip
     # dropout draws from the global generators: fork them, so the run after the probe is the same
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(5):
-            b = torch.randperm(len(labels), generator=gen)[:recipe.batch_size]
+            b = torch.randperm(len(labels), generator=gen)[:batch or recipe.batch_size]
             start = time.perf_counter()
             x = normalize(_augment(images[b].to(device).float() / 255.0, recipe.augment, gen))
             with autocast:
@@ -266,15 +192,18 @@ def _probe_step_seconds(model, images: torch.Tensor, labels: torch.Tensor, recip
     return min(times[1:])
 
 
-def _plan(model, images, labels, n_val: int, recipe: Recipe, device, normalize, deadline: float | None) -> dict:
-    """How many full epochs to run: recipe.epochs, or, with a budget, what fits before the deadline."""
+def _plan(model, images, labels, n_val: int, recipe: Recipe, device, normalize, deadline: float | None,
+          ranks: Ranks) -> dict:
+    """How many full epochs to run: recipe.epochs, or, with a budget, what fits before the deadline
+    (timed on rank 0, so every rank plans the same epochs)."""
     if deadline is None:
         return {"planned_epochs": recipe.epochs, "budget_s": None}
     steps = -(-len(labels) // recipe.batch_size)
-    step_s = _probe_step_seconds(model, images, labels, recipe, device, normalize)
+    batch = -(-recipe.batch_size // ranks.world)
+    step_s = ranks.from_main(_probe_step_seconds(model, images, labels, recipe, device, normalize, batch))
     # + optimizer step and data movement; the val pass is forward only (about a third of a step per image)
     epoch_s = steps * step_s * 1.1 + n_val / recipe.batch_size * step_s / 3
-    remaining = deadline - _clock()
+    remaining = deadline - ranks.from_main(_clock())
     planned = plan_epochs(remaining, epoch_s, recipe.epochs)
     console.print(f"budget: {remaining / 60:.1f} min left for the full fine-tune, ~{epoch_s:.0f} s an epoch here "
                   f"-> {planned} epoch(s) (at most {recipe.epochs})")
@@ -284,10 +213,20 @@ def _plan(model, images, labels, n_val: int, recipe: Recipe, device, normalize, 
     return {"planned_epochs": planned, "budget_s": round(remaining, 1), "epoch_s_estimate": round(epoch_s, 1)}
 
 
+def _val_accuracy(model, x_va: np.ndarray, y_va: np.ndarray, spec, device, ranks: Ranks) -> float:
+    """Val accuracy, each rank scoring its slice of the val split (all of it in a 1-process run)."""
+    idx = ranks.shard(torch.arange(len(y_va))).numpy()
+    correct = float((torch_logits(model, x_va[idx], spec, device).argmax(1) == y_va[idx]).sum()) if len(idx) else 0.0
+    return ranks.sum([correct])[0] / len(y_va)
+
+
 def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, start_val: float,
-                  deadline: float | None = None) -> tuple[list[dict], int, dict]:
-    """Train every layer; returns the curve, the best epoch (0: the warm-up state stayed best) and
-    the plan: the epochs planned for the budget and why training stopped."""
+                  deadline: float | None = None, ranks: Ranks = Ranks(),
+                  snapshot: Callable[[dict], None] | None = None,
+                  resume: dict | None = None) -> tuple[list[dict], int, dict]:
+    """Train every layer; returns the fine-tune curve, the best epoch (0: the warm-up state stayed
+    best) and the plan: the epochs planned for the budget and why training stopped. `snapshot` is
+    given the state after each epoch, `resume` a state to continue from (see snapshot.py)."""
     x_tr, y_tr = data.subset("train")
     x_va, y_va = data.subset("val")
     images = torch.from_numpy(x_tr).permute(0, 3, 1, 2).contiguous()  # uint8 N,3,H,W: 4x smaller than float
@@ -299,39 +238,62 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
     opt = torch.optim.AdamW([{"params": body_params, "lr": recipe.backbone_lr},
                              {"params": head_params, "lr": recipe.head_lr}], weight_decay=recipe.weight_decay)
     steps = -(-len(labels) // recipe.batch_size)
-    plan = _plan(model, images, labels, len(y_va), recipe, device, normalize, deadline)
-    epochs = plan["planned_epochs"]
-    plan["stopped"] = "planned"
-    sched = one_cycle(opt, [recipe.backbone_lr, recipe.head_lr], epochs * steps)
+    max_lrs = [recipe.backbone_lr, recipe.head_lr]
+    if resume is None:
+        plan = _plan(model, images, labels, len(y_va), recipe, device, normalize, deadline, ranks)
+        epochs = plan["planned_epochs"]
+        plan["stopped"] = "planned"
+        sched = one_cycle(opt, max_lrs, epochs * steps)
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        curve, best_val, best_epoch, stale, epoch = [], start_val, 0, 0, 0
+    else:
+        plan, epochs, epoch = dict(resume["plan"]), resume["epochs"], resume["epoch"]
+        model.load_state_dict(resume["model"])
+        # the schedule first: building one sets the rates of its step 0, which the optimizer's
+        # saved state then overwrites with those of the step the run was at
+        sched = one_cycle(opt, max_lrs, epochs * steps)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        best_state, curve = resume["best_state"], list(resume["curve"])
+        best_val, best_epoch, stale = resume["best_val"], resume["best_epoch"], resume["stale"]
     # Val accuracy dips while the rate climbs to its peak (the backbone starts moving): early
     # stopping counts only the epochs after the peak, or a long budget would stop in that dip.
     rising = math.ceil(warmup_share(epochs * steps) * epochs)
+    net = distributed.wrap(model, ranks, device, sync_batchnorm=recipe.batchnorm == "train")
     weight = _class_weights(y_tr, len(data.classes), recipe.class_weighted_loss)
-    weight = weight.to(device) if weight is not None else None
+    weight_on_device = None if weight is None else weight.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    curve, best_val, best_epoch, stale = [], start_val, 0, 0
-    now = _clock()  # read once per epoch: the epoch's length and the time left come from the same clock
-    epoch = 0
+    now = ranks.from_main(_clock())  # once per epoch: its length and the time left come from one clock
     while epoch < epochs:  # `epochs` may change once, when the budget is re-planned after epoch 1
         epoch += 1
-        _train_mode(model, recipe.batchnorm)
+        _train_mode(net, recipe.batchnorm)
         left = "" if deadline is None else f" (budget: {max(0.0, deadline - now) / 60:.1f} min left)"
         task = bar.add_task(f"fine-tune {epoch}/{epochs}{left}", total=steps, status="")
         perm = torch.randperm(len(labels), generator=gen)
         total, started = 0.0, now
         for i in range(0, len(perm), recipe.batch_size):
             b = perm[i:i + recipe.batch_size]
-            if len(b) < 2:  # batch norm cannot train on a single sample
+            if len(b) < 2 * ranks.world:  # batch norm cannot train on one sample; every rank needs some
                 continue
-            x = normalize(_augment(images[b].to(device).float() / 255.0, recipe.augment, gen))
+            # The whole global batch is augmented on every rank (same generator, same draws) and each
+            # rank trains on its slice: the step is the 1-process step at any world size.
+            mine = ranks.shard(torch.arange(len(b)))
+            x = normalize(_augment(images[b].to(device).float() / 255.0, recipe.augment, gen))[mine.to(device)]
+            # the global batch's mean loss: each rank's sum over the batch's (weighted) size; DDP
+            # averages the gradients over the ranks, hence the factor world
+            size = float(len(b)) if weight is None else float(weight[labels[b]].sum())
             with autocast:
-                loss = F.cross_entropy(model(x).float(), labels[b].to(device), weight=weight)
+                loss_sum = F.cross_entropy(net(x).float(), labels[b][mine].to(device), reduction="sum",
+                                           weight=weight_on_device)
+            loss = loss_sum * (ranks.world / size)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            total += loss.item() * len(b)
-            bar.update(task, advance=1, status=f"loss {loss.item():.3f}")
-        val_acc = float((torch_logits(model, x_va, data.spec, device).argmax(1) == y_va).mean())
-        now = _clock()
+            total += loss_sum.item() * len(b) / size
+            bar.update(task, advance=1, status=f"loss {loss.item() / ranks.world:.3f}")
+        total = ranks.sum([total])[0]
+        val_acc = _val_accuracy(model, x_va, y_va, data.spec, device, ranks)
+        now = ranks.from_main(_clock())
         curve.append({"phase": "finetune", "epoch": epoch, "train_loss": total / len(perm), "val_accuracy": val_acc,
                       "epoch_s": round(now - started, 1)})
         bar.update(task, status=f"loss {total / len(perm):.3f}  val {val_acc:.1%}")
@@ -353,47 +315,84 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
                               f"not {epochs}")
                 epochs, plan["planned_epochs"] = replanned, replanned
                 if epochs > 1:
-                    sched = _stretch(opt, sched, [recipe.backbone_lr, recipe.head_lr], epochs * steps)
+                    sched = _stretch(opt, sched, max_lrs, epochs * steps)
                     rising = math.ceil(warmup_share(epochs * steps) * epochs)
         if deadline is not None and epoch < epochs and deadline - now < now - started:  # no time for another
             console.print(f"budget: stopping after epoch {epoch} of {epochs}: "
                           f"{max(0.0, deadline - now):.0f} s left, an epoch takes {now - started:.0f} s")
             plan["stopped"] = "budget"
             break
+        if snapshot is not None and epoch < epochs:
+            snapshot({"epoch": epoch, "epochs": epochs, "plan": plan, "curve": curve,
+                            "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                            "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_val": best_val,
+                            "best_epoch": best_epoch, "stale": stale,
+                            "budget_left_s": None if deadline is None else deadline - now})
     model.load_state_dict(best_state)
     return curve, best_epoch, plan
 
 
-def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Path:
-    """Fine-tune, keep the best checkpoint by val accuracy, record val/test accuracy of the float model."""
+def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None) -> Path | None:
+    """Fine-tune, keep the best checkpoint by val accuracy, record val/test accuracy of the float model.
+
+    Under torchrun every rank runs this; rank 0 alone is given the manifest and writes (see
+    distributed.py). Returns the checkpoint (None on the other ranks)."""
+    ranks = distributed.from_env()
     recipe = resolve_recipe(cfg.finetune)
-    device = torch.device(recipe.device)
+    device = distributed.init(ranks, torch.device(recipe.device))
+    distributed.quiet_unless_main(ranks)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    deadline = _clock() + recipe.budget_minutes * 60 if recipe.budget_minutes else None
+    out = cfg.output_dir / "finetune"
+    key = (manifest.data["stages"].get("finetune") or {}).get("key") if manifest is not None else None
+    snapshots = Snapshots(out / "snapshot.pt", key, ranks)
+    resume = snapshots.load()
+    start = ranks.from_main(_clock())
+    budget_s = recipe.budget_minutes * 60 if recipe.budget_minutes else None
+    if resume is not None and resume["budget_left_s"] is not None:
+        budget_s = resume["budget_left_s"]
+    deadline = start + budget_s if budget_s is not None else None
     model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained, cfg.model.weights)
     model = model.to(device).to(memory_format=torch.channels_last)
-    console.print(f"fine-tune {cfg.model.backbone} at {cfg.model.image_size}px on {recipe.device} ({recipe.precision}); "
-                  f"train {len(data.split.train)} / val {len(data.split.val)} images")
+    console.print(f"fine-tune {cfg.model.backbone} at {cfg.model.image_size}px on {recipe.device} ({recipe.precision})"
+                  + (f" x {ranks.world} processes" if ranks.enabled else "")
+                  + f"; train {len(data.split.train)} / val {len(data.split.val)} images")
     console.print(f"augmentation: {cfg.finetune.augment.describe()}")
     with progress() as bar:
-        curve = _warmup_head(model, data, recipe, device, gen, bar) if recipe.warmup_epochs else []
+        if resume is None:
+            curve = _warmup_head(model, data, recipe, device, gen, bar) if recipe.warmup_epochs else []
+        else:
+            curve = list(resume["warmup_curve"])
         warm_val = max((c["val_accuracy"] for c in curve), default=-1.0)
-        ft_curve, best_epoch, plan = _finetune_all(model, data, recipe, device, gen, bar, warm_val, deadline) \
-            if recipe.epochs else ([], 0, {"planned_epochs": 0, "budget_s": None, "stopped": "planned"})
+        if recipe.epochs:
+            ran_before = resume["wall_s"] if resume is not None else 0.0
+            warm_curve = list(curve)
+
+            def snapshot(state: dict) -> None:
+                snapshots.save({**state, "warmup_curve": warm_curve,
+                                "wall_s": ran_before + time.perf_counter() - t0})
+
+            ft_curve, best_epoch, plan = _finetune_all(model, data, recipe, device, gen, bar, warm_val, deadline,
+                                                       ranks, snapshot, resume)
+        else:
+            ft_curve, best_epoch, plan = [], 0, {"planned_epochs": 0, "budget_s": None, "stopped": "planned"}
     curve += ft_curve
+    if not ranks.main:
+        return None
 
     x_va, y_va = data.subset("val")
     x_te, y_te = data.subset("test")
     val_acc = float((torch_logits(model, x_va, data.spec, device).argmax(1) == y_va).mean())
     test_acc = float((torch_logits(model, x_te, data.spec, device).argmax(1) == y_te).mean())
-    wall = time.perf_counter() - t0
-    out = cfg.output_dir / "finetune"
+    wall = time.perf_counter() - t0 + (resume["wall_s"] if resume is not None else 0.0)
     ckpt = save_checkpoint(out / "model.pt", model.cpu(), cfg.model.backbone, data.classes, data.spec)
+    snapshots.discard()
     curve_path = write_json(out / "curve.json", curve)
     metrics = {"val_accuracy": val_acc, "test_accuracy": test_acc, "best_epoch": best_epoch,
-               "epochs_run": len(ft_curve), "wall_s": round(wall, 1), "budget_minutes": recipe.budget_minutes, **plan}
+               "epochs_run": len(ft_curve), "wall_s": round(wall, 1), "budget_minutes": recipe.budget_minutes,
+               "processes": ranks.world, "resumed_after_epoch": resume["epoch"] if resume is not None else None, **plan}
     metrics_path = write_json(out / "metrics.json", metrics)
     manifest.data["weights"] = {"backbone": cfg.model.backbone, "origin": weights.origin,
                                 "source": weights.source, "sha256": weights.sha256}

@@ -1,0 +1,49 @@
+"""The learning-rate schedule of the full fine-tune and the epochs a time budget allows."""
+
+from __future__ import annotations
+
+import torch
+
+
+def warmup_share(total_steps: int) -> float:
+    """The share of a one-cycle schedule spent raising the learning rate (see one_cycle)."""
+    if total_steps < 3:
+        return 0.0
+    return min(max(0.25, 2 / total_steps), 1 - 1 / total_steps)
+
+
+def one_cycle(opt: torch.optim.Optimizer, max_lrs: list[float], total_steps: int):
+    """OneCycle with a 25 % warm-up, valid for any number of steps.
+
+    torch's OneCycleLR divides by each phase's length in steps (pct_start * total - 1, then the
+    rest): at 4 steps the warm-up is zero steps long (ZeroDivisionError), below that negative. So
+    the warm-up takes at least 2 steps and the decay at least 1; under 3 steps the rate is constant."""
+    if total_steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=total_steps,
+                                               pct_start=warmup_share(total_steps))
+
+
+def _stretch(opt: torch.optim.Optimizer, sched, max_lrs: list[float], total_steps: int):
+    """The one-cycle schedule re-made for a new total length, continuing from the step it is at
+    (when a budget's plan changes after the first epoch). From a 1-epoch plan that means a restart
+    from near the peak rate: the first epoch already ran its whole cycle."""
+    done = sched.last_epoch  # optimizer steps taken so far
+    if total_steps < 3 or done >= total_steps:
+        return sched
+    for group, lr in zip(opt.param_groups, max_lrs):  # what OneCycleLR keeps when it starts at step 0
+        group.setdefault("initial_lr", lr / 25)
+        group["max_lr"], group["min_lr"] = lr, group["initial_lr"] / 1e4
+        group.setdefault("max_momentum", 0.95)  # OneCycleLR's defaults (it cycles Adam's beta1)
+        group.setdefault("base_momentum", 0.85)
+    # last_epoch = done - 1: building a scheduler takes one step itself
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=total_steps,
+                                               pct_start=warmup_share(total_steps), last_epoch=done - 1)
+
+
+def plan_epochs(remaining_s: float, epoch_s: float, max_epochs: int) -> int:
+    """Full fine-tune epochs that fit in remaining_s at epoch_s each, at most max_epochs; 5 % is
+    kept for the final evaluation and the checkpoint."""
+    if epoch_s <= 0:
+        return max_epochs
+    return max(0, min(max_epochs, int(remaining_s * 0.95 // epoch_s)))

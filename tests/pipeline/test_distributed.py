@@ -1,0 +1,139 @@
+"""The fine-tune under torchrun (pipeline/distributed.py) and its epoch snapshots (snapshot.py).
+
+The 2-process test starts real processes through torch's own launcher (`python -m
+torch.distributed.run`, i.e. torchrun) with gloo on this CPU. Stated tolerance: at the same
+global batch the two runs differ only by the order in which float sums are taken, so every
+weight of the checkpoint and every epoch's loss agree within 1e-5, and val accuracy is equal."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import edgepipe.pipeline.finetune as finetune
+from edgepipe.cli import cli
+from edgepipe.pipeline.torch_model import load_checkpoint
+from tests.conftest import write_tiny_project
+
+REPO = Path(__file__).parents[2]
+TOLERANCE = 1e-5
+# warm-up 0: every epoch's weights can be the checkpoint's; batch 7 over 12 train images gives
+# global batches of 7 and 5, split 4 + 3 and 3 + 2 between two ranks (uneven slices on purpose)
+FULL_FINETUNE = {"warmup_epochs": 0, "epochs": 3, "batch_size": 7, "patience": 100, "augment": {"flips": True}}
+
+
+def _weights(root: Path) -> dict:
+    return torch.load(root / "out" / "finetune" / "model.pt", weights_only=True)["state_dict"]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def _json(root: Path, name: str):
+    return json.loads((root / "out" / "finetune" / name).read_text())
+
+
+def test_two_torchrun_processes_match_one_process_at_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root in (one, two):
+        write_tiny_project(root, finetune=FULL_FINETUNE)
+    result = CliRunner().invoke(cli, ["finetune", str(one / "build.yaml")])
+    assert result.exit_code == 0, result.output
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "edgepipe", "finetune", "build.yaml"],
+                          cwd=two, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.count("x 2 processes") == 1  # rank 1 prints nothing
+
+    metrics_one, metrics_two = _json(one, "metrics.json"), _json(two, "metrics.json")
+    assert metrics_two["processes"] == 2 and metrics_one["processes"] == 1
+    assert metrics_two["best_epoch"] >= 1  # the checkpoint holds fine-tuned weights, not the start
+    assert metrics_two["val_accuracy"] == metrics_one["val_accuracy"]
+    assert metrics_two["test_accuracy"] == metrics_one["test_accuracy"]
+    assert _max_diff(_weights(one), _weights(two)) <= TOLERANCE
+    curve_one, curve_two = _json(one, "curve.json"), _json(two, "curve.json")
+    assert len(curve_two) == 3
+    for a, b in zip(curve_one, curve_two):
+        assert a["val_accuracy"] == b["val_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOLERANCE)
+    load_checkpoint(two / "out" / "finetune" / "model.pt")  # the 1-process checkpoint format
+    # one writer: the same files as the 1-process run, recorded once, the stage complete
+    listing = lambda root: sorted(p.relative_to(root / "out").as_posix() for p in (root / "out").rglob("*")  # noqa: E731
+                                  if p.is_file() and p.name != ".edgepipe.lock")
+    assert listing(one) == listing(two)
+    manifest = json.loads((two / "out" / "manifest.json").read_text())
+    assert manifest["stages"]["finetune"]["status"] == "complete"
+    # the build continues from the distributed checkpoint on one process
+    build = CliRunner().invoke(cli, ["build", str(two / "build.yaml")])
+    assert build.exit_code == 0, build.output
+    assert "finetune: up to date" in build.output
+
+
+class Interrupt:
+    """torch_logits that raises KeyboardInterrupt on its n-th call (a build stopped by hand)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls, self.real = n, 0, finetune.torch_logits
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+def test_a_killed_finetune_resumes_after_its_last_epoch_with_the_same_result(tmp_path, monkeypatch):
+    settings = {**FULL_FINETUNE, "epochs": 4}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for root in (straight, killed):
+        write_tiny_project(root, finetune=settings)
+    assert CliRunner().invoke(cli, ["finetune", str(straight / "build.yaml")]).exit_code == 0
+
+    monkeypatch.setattr(finetune, "torch_logits", Interrupt(3))  # during epoch 3's validation
+    stopped = CliRunner().invoke(cli, ["build", str(killed / "build.yaml")])
+    assert stopped.exit_code == 130
+    snapshot = killed / "out" / "finetune" / "snapshot.pt"
+    assert snapshot.is_file() and not (killed / "out" / "finetune" / "model.pt").exists()
+    monkeypatch.undo()
+
+    resumed = CliRunner().invoke(cli, ["build", str(killed / "build.yaml")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming the fine-tune after epoch 2 of 4" in resumed.output
+    assert not snapshot.exists()  # spent once the checkpoint is written
+    metrics = _json(killed, "metrics.json")
+    assert metrics["resumed_after_epoch"] == 2 and metrics["epochs_run"] == 4
+    curves = [[(c["epoch"], c["val_accuracy"], round(c["train_loss"], 6)) for c in _json(root, "curve.json")]
+              for root in (straight, killed)]
+    assert curves[0] == curves[1]
+    assert _max_diff(_weights(straight), _weights(killed)) <= 1e-6
+
+
+def test_a_snapshot_of_other_inputs_is_not_resumed(tmp_path, monkeypatch):
+    root = tmp_path / "p"
+    write_tiny_project(root, finetune=FULL_FINETUNE)
+    monkeypatch.setattr(finetune, "torch_logits", Interrupt(2))
+    assert CliRunner().invoke(cli, ["finetune", str(root / "build.yaml")]).exit_code == 130
+    monkeypatch.undo()
+    write_tiny_project(root, finetune={**FULL_FINETUNE, "head_lr": 0.002})  # another config: another stage key
+    result = CliRunner().invoke(cli, ["finetune", str(root / "build.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "written for other inputs; training from the start" in result.output
+    assert _json(root, "metrics.json")["resumed_after_epoch"] is None
+
+
+@pytest.mark.parametrize("command", ["build", "export", "cv"])
+def test_under_torchrun_only_the_finetune_runs(tmp_path, monkeypatch, command):
+    config = write_tiny_project(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(cli, [command, str(config)])
+    assert result.exit_code == 2 and "torchrun" in result.output
+    assert not (tmp_path / "out").exists()
