@@ -64,7 +64,7 @@ SIGN = click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_t
 
 
 # Config commands run on the build machine; a field unit installs edgepipe[runtime] without these.
-BUILD_MODULES = ("torch", "torchvision", "timm", "onnx")
+BUILD_MODULES = ("torch", "torchvision", "timm", "onnx", "sklearn")
 
 
 def _require_build_tools() -> None:

@@ -4,8 +4,8 @@
 (lukemelas layout, mapped tensor by tensor onto timm's architecture). The others take, in this
 order: a local file (`model.weights`), what the torch hub or Hugging Face caches already hold, or
 timm's own Hugging Face download when the machine is online. `HF_HUB_OFFLINE=1` (or
-`EDGEPIPE_OFFLINE=1`) forbids the download: offline without weights is a ConfigError saying where
-to put the file.
+`TRANSFORMERS_OFFLINE=1`, `EDGEPIPE_OFFLINE=1`) forbids the download: offline without weights is
+a ConfigError saying where to put the file.
 """
 
 from __future__ import annotations
@@ -58,17 +58,23 @@ class LoadedWeights:
     origin: str = "none"  # package | file | torch-hub cache | huggingface cache | huggingface download | none
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "EDGEPIPE_OFFLINE"))
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "EDGEPIPE_OFFLINE")
+
+
+def _offline() -> str | None:
+    """The variable that forbids downloads, if one is set."""
+    return next((v for v in OFFLINE_VARS if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")), None)
 
 
 def _hf_cache_dir() -> str:
-    """Hugging Face's hub cache, read from the environment now (huggingface_hub reads it at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return os.path.join(home, "hub")
+    """Hugging Face's hub cache, resolved from the environment now as huggingface_hub resolves it
+    (it reads the variables once, at import)."""
+    expand = lambda p: os.path.expanduser(os.path.expandvars(p))  # noqa: E731
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return expand(os.environ[var])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.join(expand(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")), "hub")
 
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -77,13 +83,12 @@ _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 def _cached_weights(timm_name: str) -> tuple[Path, str] | None:
     """The ImageNet file timm would download, if a cache on this machine already holds it."""
     import timm
-    import torch
 
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None:
         return None
     if cfg.url:
-        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+        hub_file = _torch_hub_file(timm_name)
         if hub_file.is_file():
             return hub_file, "torch-hub cache"
     if cfg.hf_hub_id:
@@ -94,6 +99,16 @@ def _cached_weights(timm_name: str) -> tuple[Path, str] | None:
             if isinstance(hit, str) and Path(hit).is_file():
                 return Path(hit), "huggingface cache"
     return None
+
+
+def _torch_hub_file(timm_name: str) -> Path:
+    """Where the torch hub cache would hold timm's file for this model."""
+    import timm
+    import torch
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    name = os.path.basename(cfg.url) if cfg is not None and cfg.url else f"{timm_name}.pth"
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
 def _downloaded_weights(backbone: str, timm_name: str) -> Path:
@@ -133,11 +148,11 @@ def _find_weights(backbone: str, weights: Path | None) -> tuple[Path, str]:
     cached = _cached_weights(spec.timm_name)
     if cached is not None:
         return cached
-    if _offline():
-        hint = Path(os.path.expanduser("~/.cache/torch/hub/checkpoints"))
+    if (var := _offline()) is not None:
         raise ConfigError(
-            f"no ImageNet weights for {backbone} on this machine, and downloads are off (HF_HUB_OFFLINE)",
-            f"set model.weights: /path/to/{backbone}.pth, put timm's file in {hint}, or set model.pretrained: false")
+            f"no ImageNet weights for {backbone} on this machine, and downloads are off ({var})",
+            f"set model.weights: /path/to/{backbone}.pth, put timm's file at {_torch_hub_file(spec.timm_name)}, "
+            "or set model.pretrained: false")
     return _downloaded_weights(backbone, spec.timm_name), "huggingface download"
 
 

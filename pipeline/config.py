@@ -316,6 +316,10 @@ def load_config(path: str | Path) -> BuildConfig:
         raise ConfigError(f"{path} is not valid YAML{where}", "fix the syntax (indentation, colons, quotes)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a YAML mapping of sections", "start from examples/elpv.yaml")
+    split = raw.get("dataset", {}).get("split") if isinstance(raw.get("dataset"), dict) else None
+    if isinstance(split, dict) and split.get("fold") is not None:
+        raise ConfigError(f"{path}: dataset.split.fold is set by `edgepipe cv` for its folds, not in a build config",
+                          "remove it; run `edgepipe cv CONFIG --folds K` for cross-validation")
     try:
         cfg = BuildConfig.model_validate(raw)
     except ValidationError as e:

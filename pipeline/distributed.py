@@ -14,7 +14,11 @@ How the processes share the work, and why the result is the 1-process one:
   rank 0's clock and val accuracy summed over all ranks, so every rank takes the same path.
 - One writer: rank 0 holds the build lock, writes the checkpoint (the unwrapped model, the same
   format as a 1-process run), metrics, snapshots and the manifest; the other ranks write nothing.
-Batch norm: frozen on CPUs (no batch statistics to share); trained on CUDA through SyncBatchNorm.
+Batch norm: frozen on CPUs (no batch statistics to share; `batchnorm: train` on CPUs is refused
+under torchrun); trained on CUDA through SyncBatchNorm. A global batch smaller than the number of
+processes (a last partial batch) is skipped, as a 1-process run skips a batch of one image.
+Multi-node: the output dir must be on a filesystem every node sees (rank 0 may be on any node,
+and on another one after a restart).
 """
 
 from __future__ import annotations
@@ -86,8 +90,23 @@ def init(ranks: Ranks, device: torch.device) -> torch.device:
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # NCCL for the gradients on GPUs; gloo for the small CPU tensors of Ranks.sum / from_main
+        torch_dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def check_recipe(ranks: Ranks, device: torch.device, batch_size: int, batchnorm: str) -> None:
+    """What a distributed fine-tune cannot do, refused before any work."""
+    if not ranks.enabled:
+        return
+    from edgepipe.core.errors import ConfigError
+
+    if batch_size < ranks.world:
+        raise ConfigError(f"finetune.batch_size {batch_size} is smaller than the {ranks.world} torchrun processes",
+                          f"raise finetune.batch_size to {ranks.world} or more (it is the global batch)")
+    if batchnorm == "train" and device.type != "cuda":
+        raise ConfigError("finetune.batchnorm: train under torchrun on CPUs: each process would keep its own "
+                          "batch statistics", "set finetune.batchnorm: frozen (the CPU default) or run on CUDA GPUs")
 
 
 def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device, sync_batchnorm: bool) -> torch.nn.Module:
@@ -97,7 +116,10 @@ def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device, sync_batchn
     from torch.nn.parallel import DistributedDataParallel
 
     if sync_batchnorm and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # timm's converter: torch's own would replace BatchNormAct2d and drop its activation
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -275,7 +275,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
         total, started = 0.0, now
         for i in range(0, len(perm), recipe.batch_size):
             b = perm[i:i + recipe.batch_size]
-            if len(b) < 2 * ranks.world:  # batch norm cannot train on one sample; every rank needs some
+            if len(b) < max(2, ranks.world):  # batch norm cannot train on one image; each rank needs one
                 continue
             # The whole global batch is augmented on every rank (same generator, same draws) and each
             # rank trains on its slice: the step is the 1-process step at any world size.
@@ -290,7 +290,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
             loss = loss_sum * (ranks.world / size)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             total += loss_sum.item() * len(b) / size
-            bar.update(task, advance=1, status=f"loss {loss.item() / ranks.world:.3f}")
+            bar.update(task, advance=1, status=f"loss {loss_sum.item() / len(mine):.3f}")
         total = ranks.sum([total])[0]
         val_acc = _val_accuracy(model, x_va, y_va, data.spec, device, ranks)
         now = ranks.from_main(_clock())
@@ -340,6 +340,7 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
     distributed.py). Returns the checkpoint (None on the other ranks)."""
     ranks = distributed.from_env()
     recipe = resolve_recipe(cfg.finetune)
+    distributed.check_recipe(ranks, torch.device(recipe.device), recipe.batch_size, recipe.batchnorm)
     device = distributed.init(ranks, torch.device(recipe.device))
     distributed.quiet_unless_main(ranks)
     torch.manual_seed(cfg.seed)
@@ -347,15 +348,16 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
     t0 = time.perf_counter()
     out = cfg.output_dir / "finetune"
     key = (manifest.data["stages"].get("finetune") or {}).get("key") if manifest is not None else None
-    snapshots = Snapshots(out / "snapshot.pt", key, ranks)
+    snapshots = Snapshots(out / "snapshot.pt", key, ranks, asdict(recipe))
     resume = snapshots.load()
+    # the model (and a weights download) before the clock starts: the budget is for training
+    model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained, cfg.model.weights)
+    model = model.to(device).to(memory_format=torch.channels_last)
     start = ranks.from_main(_clock())
     budget_s = recipe.budget_minutes * 60 if recipe.budget_minutes else None
     if resume is not None and resume["budget_left_s"] is not None:
         budget_s = resume["budget_left_s"]
     deadline = start + budget_s if budget_s is not None else None
-    model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained, cfg.model.weights)
-    model = model.to(device).to(memory_format=torch.channels_last)
     console.print(f"fine-tune {cfg.model.backbone} at {cfg.model.image_size}px on {recipe.device} ({recipe.precision})"
                   + (f" x {ranks.world} processes" if ranks.enabled else "")
                   + f"; train {len(data.split.train)} / val {len(data.split.val)} images")
@@ -365,7 +367,8 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
             curve = _warmup_head(model, data, recipe, device, gen, bar) if recipe.warmup_epochs else []
         else:
             curve = list(resume["warmup_curve"])
-        warm_val = max((c["val_accuracy"] for c in curve), default=-1.0)
+        # rank 0's: the best-epoch and patience decisions must be the same on every rank
+        warm_val = ranks.from_main(max((c["val_accuracy"] for c in curve), default=-1.0))
         if recipe.epochs:
             ran_before = resume["wall_s"] if resume is not None else 0.0
             warm_curve = list(curve)

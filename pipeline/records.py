@@ -179,7 +179,7 @@ def checked(model: type[_Record], data: dict, where: str) -> dict:
     """data, validated as `model`; MissingArtifactError naming the problem and the command that
     rewrites it. A record of another schema version is refused before its fields are read."""
     stage, schema = _WRITTEN_BY[model]
-    fix = f"rerun `edgepipe {stage}` (or `edgepipe build`) to rewrite it"
+    fix = f"rerun `edgepipe {stage}`" + ("" if stage == "cv" else " (or `edgepipe build`)") + " to rewrite it"
     found = data.get("schema") if isinstance(data, dict) else None
     if found != schema:
         raise MissingArtifactError(f"{where} has schema {found!r}; this edgepipe reads {schema!r}", fix)

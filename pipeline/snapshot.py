@@ -23,9 +23,22 @@ from edgepipe.pipeline.distributed import Ranks
 SNAPSHOT_FORMAT = "edgepipe-finetune-snapshot/1"
 
 
+def _plain(value):
+    """The recipe as plain str / number / bool / None, dicts and lists (what weights_only loads)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return _plain(value.model_dump(mode="json"))
+    return value
+
+
 class Snapshots:
-    def __init__(self, path: Path, key: str | None, ranks: Ranks):
-        self.path, self.key, self.ranks = path, key, ranks
+    def __init__(self, path: Path, key: str | None, ranks: Ranks, recipe: dict):
+        # the recipe too: `device: auto` resolves to another profile on another machine, which the
+        # stage key (the config as written) does not see
+        self.path, self.key, self.ranks, self.recipe = path, key, ranks, _plain(recipe)
 
     def load(self) -> dict | None:
         """The snapshot to resume from on every rank (rank 0 reads it), or None."""
@@ -46,7 +59,8 @@ class Snapshots:
         except Exception as e:  # a torn or foreign file: train from the start, as without one
             console.print(f"[yellow]ignored {self.path} ({type(e).__name__}): training from the start")
             return None
-        if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT or snap.get("key") != self.key:
+        if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT or snap.get("key") != self.key \
+                or snap.get("recipe") != self.recipe:
             console.print(f"[yellow]ignored {self.path}: it was written for other inputs; training from the start")
             return None
         console.print(f"resuming the fine-tune after epoch {snap['epoch']} of {snap['epochs']} from {self.path}")
@@ -56,7 +70,7 @@ class Snapshots:
         if not self.ranks.main or self.key is None:
             return
         with atomic_output(self.path) as tmp:
-            torch.save({"format": SNAPSHOT_FORMAT, "key": self.key, **state}, tmp)
+            torch.save({"format": SNAPSHOT_FORMAT, "key": self.key, "recipe": self.recipe, **state}, tmp)
 
     def discard(self) -> None:
         if self.ranks.main:

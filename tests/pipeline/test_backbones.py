@@ -54,6 +54,36 @@ def test_backbone_without_local_weights_says_where_to_put_them(monkeypatch, tmp_
         create_model("mobilenetv3_large_100", num_classes=2, pretrained=True)
 
 
+@pytest.mark.parametrize("var", ["EDGEPIPE_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_each_offline_switch_is_named_with_the_file_to_put_in_place(monkeypatch, tmp_path, var):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_download)
+    with pytest.raises(ConfigError) as e:
+        create_model("mobilenetv2_100", num_classes=2, pretrained=True)
+    assert f"downloads are off ({var})" in str(e.value)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "mobilenetv2_100_ra-b33bc2c4.pth") in str(e.value)
+
+
+def test_the_hugging_face_cache_is_found_where_huggingface_hub_looks(monkeypatch, tmp_path):
+    from edgepipe.pipeline.backbones import _hf_cache_dir
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _hf_cache_dir() == str(tmp_path / ".cache" / "huggingface" / "hub")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _hf_cache_dir() == str(tmp_path / "xdg" / "huggingface" / "hub")
+    monkeypatch.setenv("HF_HOME", "~/hf")
+    assert _hf_cache_dir() == str(tmp_path / "hf" / "hub")
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "old"))
+    assert _hf_cache_dir() == str(tmp_path / "old")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "new"))
+    assert _hf_cache_dir() == str(tmp_path / "new")
+
+
 def _no_download(*args, **kwargs):
     raise AssertionError("edgepipe tried to download weights although HF_HUB_OFFLINE=1")
 

@@ -137,3 +137,31 @@ def test_under_torchrun_only_the_finetune_runs(tmp_path, monkeypatch, command):
     result = CliRunner().invoke(cli, [command, str(config)])
     assert result.exit_code == 2 and "torchrun" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 2}, "finetune.batch_size 2 is smaller than the 4 torchrun processes"),
+    ({"batchnorm": "train", "device": "cpu"}, "finetune.batchnorm: train under torchrun on CPUs"),
+])
+def test_what_a_distributed_finetune_cannot_do_is_refused_before_any_work(tmp_path, monkeypatch, settings, message):
+    config = write_tiny_project(tmp_path, finetune=settings)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(cli, ["finetune", str(config)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out" / "finetune" / "model.pt").exists()
+
+
+def test_a_snapshot_of_another_device_profile_is_not_resumed(tmp_path, monkeypatch):
+    """`device: auto` is CPU here and CUDA elsewhere: same stage key, other recipe (parameter
+    groups, budget). A snapshot is resumed only by the recipe that wrote it."""
+    root = tmp_path / "p"
+    write_tiny_project(root, finetune=FULL_FINETUNE)
+    monkeypatch.setattr(finetune, "torch_logits", Interrupt(2))
+    assert CliRunner().invoke(cli, ["finetune", str(root / "build.yaml")]).exit_code == 130
+    monkeypatch.undo()
+    cpu = finetune.PROFILES["cpu"]
+    monkeypatch.setitem(finetune.PROFILES, "cpu", {**cpu, "backbone_lr": cpu["backbone_lr"] * 2})
+    result = CliRunner().invoke(cli, ["finetune", str(root / "build.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "written for other inputs; training from the start" in result.output
