@@ -63,7 +63,8 @@ class Snapshots:
                 or snap.get("recipe") != self.recipe:
             console.print(f"[yellow]ignored {self.path}: it was written for other inputs; training from the start")
             return None
-        console.print(f"resuming the fine-tune after epoch {snap['epoch']} of {snap['epochs']} from {self.path}")
+        left = "" if snap["budget_left_s"] is None else f"; {snap['budget_left_s']:.0f} s of the budget left"
+        console.print(f"resuming the fine-tune after epoch {snap['epoch']} of {snap['epochs']} from {self.path}{left}")
         return snap
 
     def save(self, state: dict) -> None:

@@ -73,9 +73,17 @@ class OrtQuantPreset:
             input_name = _input_name(prepared)
             # ORT's histogram calibrators stack per-batch outputs and fail on a short last batch.
             batch = 16 if self.calibration_method == "minmax" else 1
+            reader = OrtCalibrationReader(calib, input_name, batch_size=batch)
+            chunking = {}
+            if self.calibration_method != "minmax":
+                # They also hold every activation of every image until the end (300 ELPV images at
+                # 224 px: over 20 GB, killed by the OOM killer). In chunks, ORT merges the histograms
+                # as it goes ("CalibStridedMinMax" is its chunking for every calibrator, whatever
+                # the name says); the chunk must divide the set.
+                chunking = {"CalibStridedMinMax": calibration_chunk(len(reader))}
             with atomic_output(onnx_out) as out:
                 quantize_static(
-                    str(prepared), str(out), OrtCalibrationReader(calib, input_name, batch_size=batch),
+                    str(prepared), str(out), reader,
                     quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
                     activation_type=getattr(QuantType, self.activation_type),
                     weight_type=getattr(QuantType, self.weight_type),
@@ -83,12 +91,17 @@ class OrtQuantPreset:
                     extra_options={"ActivationSymmetric": self.symmetric_activations, "WeightSymmetric": True,
                                    "AddQDQPairToWeight": self.qdq_on_weights,
                                    "DedicatedQDQPair": self.dedicated_qdq_pair,
-                                   "QuantizeBias": self.quantize_bias},
+                                   "QuantizeBias": self.quantize_bias, **chunking},
                     calibration_cache_path=str(cache_arg),
                 )
             if cache_arg != cache and cache_arg.is_file():
                 with atomic_output(cache) as tmp_cache:
                     shutil.copyfile(cache_arg, tmp_cache)
+
+
+def calibration_chunk(n: int, most: int = 16) -> int:
+    """The largest chunk of at most `most` images that divides n (ORT's condition)."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 def _readable_json(path: Path) -> bool:

@@ -165,3 +165,28 @@ def test_a_snapshot_of_another_device_profile_is_not_resumed(tmp_path, monkeypat
     result = CliRunner().invoke(cli, ["finetune", str(root / "build.yaml")])
     assert result.exit_code == 0, result.output
     assert "written for other inputs; training from the start" in result.output
+
+
+def test_a_resumed_run_keeps_to_the_budget_that_was_left(tmp_path, monkeypatch):
+    """The clock ticks 10 s a reading. First run: deadline 70, epoch 1 ends at 40 (an epoch takes
+    10 s: 3 epochs in all, 30 s left) and the run dies in epoch 2. The resumed run has those 30 s,
+    from its own start (10 -> deadline 40): epochs 2 and 3 fit (ending 30 and 40), a fourth would not."""
+    from tests.pipeline.test_finetune_budget import TickingClock
+
+    config = write_tiny_project(tmp_path, finetune={"warmup_epochs": 1, "epochs": 20, "budget_minutes": 1,
+                                                   "patience": 100, "batch_size": 32})
+    monkeypatch.setattr(finetune, "_probe_step_seconds", lambda *args: 1.0)
+    monkeypatch.setattr(finetune, "_clock", TickingClock(10))
+    monkeypatch.setattr(finetune, "torch_logits", Interrupt(2))  # epoch 2's validation
+    first = CliRunner().invoke(cli, ["finetune", str(config)])
+    assert first.exit_code == 130 and "3 epoch(s) in all, not 20" in first.output
+    monkeypatch.setattr(finetune, "torch_logits", Interrupt(0))  # never interrupts
+    monkeypatch.setattr(finetune, "_clock", TickingClock(10))
+    resumed = CliRunner().invoke(cli, ["finetune", str(config)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming the fine-tune after epoch 1 of 3" in resumed.output and "30 s of the budget left" in resumed.output
+    metrics = _json(tmp_path, "metrics.json")
+    assert (metrics["resumed_after_epoch"], metrics["epochs_run"], metrics["planned_epochs"]) == (1, 3, 3)
+    assert metrics["stopped"] == "planned"
+    assert [c["epoch"] for c in _json(tmp_path, "curve.json") if c["phase"] == "finetune"] == [1, 2, 3]
+    assert [c["phase"] for c in _json(tmp_path, "curve.json")][0] == "warmup"  # the warm-up curve is kept

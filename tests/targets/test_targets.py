@@ -87,3 +87,41 @@ def test_openvino_pins_f32_only_for_the_fp32_row(tiny, tmp_path, precision, hint
         assert runner.runtime_info().startswith("OpenVINO CPU computing in ")
         if hint:
             assert runner.runtime_info() == "OpenVINO CPU computing in f32"
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_runs_in_chunks_and_still_agrees(tiny, tmp_path, monkeypatch, method):
+    """ORT's histogram calibrators keep every activation of every image until the end (ELPV: over
+    20 GB for 300 images); edgepipe feeds them 16 images at a time and ORT merges the histograms."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    chunks = []
+    real = HistogramCalibrater.collect_data
+
+    def spy(self, reader):
+        chunks.append(len(list(iter(reader.get_next, None))))
+        reader.set_range(*reader._range)
+        return real(self, reader)
+
+    from edgepipe.calibration.ort_reader import OrtCalibrationReader
+
+    real_set_range = OrtCalibrationReader.set_range
+
+    def remember(self, start_index, end_index):
+        self._range = (start_index, end_index)
+        real_set_range(self, start_index, end_index)
+
+    monkeypatch.setattr(HistogramCalibrater, "collect_data", spy)
+    monkeypatch.setattr(OrtCalibrationReader, "set_range", remember)
+    settings = OnnxRuntimeTargetConfig(name="onnxruntime", calibration_method=method)
+    [artifact] = get_target("onnxruntime").build(tiny["onnx"], "int8", tiny["calib"], tmp_path, settings)
+    assert chunks == [16, 16, 16, 16]  # the 64 calibration images, 16 at a time
+    with get_target("onnxruntime").load(artifact, threads=1) as runner:
+        out = runner.infer(tiny["x"])
+    assert (out.argmax(1) == tiny["reference"].argmax(1)).mean() >= 0.95
+
+
+def test_calibration_chunks_divide_the_set():
+    from edgepipe.targets.onnxruntime.builder import calibration_chunk
+
+    assert [calibration_chunk(n) for n in (300, 64, 7, 17, 1, 48)] == [15, 16, 7, 1, 1, 16]
