@@ -64,10 +64,6 @@ class Ranks:
         torch_dist.broadcast(t, src=0)
         return float(t.item())
 
-    def barrier(self) -> None:
-        if self.enabled:
-            torch_dist.barrier()
-
 
 def from_env() -> Ranks:
     """The ranks torchrun announced (a plain 1-process run when it did not start this process)."""

@@ -324,11 +324,11 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
             break
         if snapshot is not None and epoch < epochs:
             snapshot({"epoch": epoch, "epochs": epochs, "plan": plan, "curve": curve,
-                            "model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                            "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_val": best_val,
-                            "best_epoch": best_epoch, "stale": stale,
-                            "budget_left_s": None if deadline is None else deadline - now})
+                      "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                      "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_val": best_val,
+                      "best_epoch": best_epoch, "stale": stale,
+                      "budget_left_s": None if deadline is None else deadline - now})
     model.load_state_dict(best_state)
     return curve, best_epoch, plan
 
@@ -342,7 +342,6 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
     recipe = resolve_recipe(cfg.finetune)
     distributed.check_recipe(ranks, torch.device(recipe.device), recipe.batch_size, recipe.batchnorm)
     device = distributed.init(ranks, torch.device(recipe.device))
-    distributed.quiet_unless_main(ranks)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -350,6 +349,7 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
     key = (manifest.data["stages"].get("finetune") or {}).get("key") if manifest is not None else None
     snapshots = Snapshots(out / "snapshot.pt", key, ranks, asdict(recipe))
     resume = snapshots.load()
+    ran_before = resume["wall_s"] if resume is not None else 0.0  # seconds the snapshot's run trained
     # the model (and a weights download) before the clock starts: the budget is for training
     model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained, cfg.model.weights)
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -370,7 +370,6 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
         # rank 0's: the best-epoch and patience decisions must be the same on every rank
         warm_val = ranks.from_main(max((c["val_accuracy"] for c in curve), default=-1.0))
         if recipe.epochs:
-            ran_before = resume["wall_s"] if resume is not None else 0.0
             warm_curve = list(curve)
 
             def snapshot(state: dict) -> None:
@@ -389,7 +388,7 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
     x_te, y_te = data.subset("test")
     val_acc = float((torch_logits(model, x_va, data.spec, device).argmax(1) == y_va).mean())
     test_acc = float((torch_logits(model, x_te, data.spec, device).argmax(1) == y_te).mean())
-    wall = time.perf_counter() - t0 + (resume["wall_s"] if resume is not None else 0.0)
+    wall = time.perf_counter() - t0 + ran_before
     ckpt = save_checkpoint(out / "model.pt", model.cpu(), cfg.model.backbone, data.classes, data.spec)
     snapshots.discard()
     curve_path = write_json(out / "curve.json", curve)
