@@ -6,10 +6,13 @@ import numpy as np
 
 
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, classes) -> dict:
-    """Top-1 accuracy, macro F1, per-class recall and the confusion matrix (rows: true, columns: predicted).
+    """Top-1 accuracy, macro F1, per-class precision / recall / F1 and the confusion matrix (rows:
+    true, columns: predicted).
 
     per_class_recall[c] is None (JSON null) for a class with no true samples: its recall is
-    undefined, not 0 (a labelled folder that lacks a class says nothing about that class).
+    undefined, not 0 (a labelled folder that lacks a class says nothing about that class); the same
+    for per_class_precision[c] of a class never predicted, and per_class_f1[c] of a class neither
+    present nor predicted.
     macro_f1 is the mean F1 over the classes that have true samples or predictions (the classes
     "present", as scikit-learn's default): a class absent from both counts for nothing, a class
     only predicted (all false positives) counts with F1 0. None when no class is present (no samples).
@@ -26,6 +29,8 @@ def classification_metrics(pred: np.ndarray, labels: np.ndarray, classes) -> dic
     return {"accuracy": float((pred == labels).mean()),
             "macro_f1": float(f1[present].mean()) if present.any() else None,
             "per_class_recall": {c: float(r) if s else None for c, r, s in zip(classes, recall, support)},
+            "per_class_precision": {c: float(p) if n else None for c, p, n in zip(classes, precision, predicted)},
+            "per_class_f1": {c: float(f) if on else None for c, f, on in zip(classes, f1, present)},
             "confusion": confusion.tolist()}
 
 

@@ -1,4 +1,5 @@
-"""`edgepipe` command line. Stages run one way: config -> finetune -> export -> quantize -> verify -> report.
+"""`edgepipe` command line. Stages run one way: config -> finetune -> export -> quantize -> verify ->
+explain -> report -> bundle -> track; `diff` compares two releases' reports.
 
 Exit codes: 0 success, 2 bad input (config, data, missing artifact), 3 a check failed (export
 parity or a gate), 1 an internal error (a bug: rerun with --debug and report it).
@@ -59,6 +60,9 @@ def cli() -> None:
 CONFIG = click.argument("config", type=click.Path(dir_okay=False))
 JUNIT = click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
                      help="also write the gate results as JUnit XML to this file")
+BASELINE = click.option("--baseline", type=click.Path(path_type=Path), metavar="PREVIOUS",
+                        help="gate every artifact against the previous release's (its report.json or build folder); "
+                             "limits from gates.baseline in the config")
 SIGN = click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
                     help="sign every bundle with this Ed25519 private key (PEM); see README, Signed bundles")
 
@@ -76,7 +80,8 @@ def _require_build_tools() -> None:
                             "pip install 'edgepipe[build]'")
 
 
-def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **options) -> None:
+def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, baseline: Path | None = None,
+         **options) -> None:
     _require_build_tools()
     from edgepipe.pipeline.build import run_stages, run_worker_rank
     from edgepipe.pipeline.config import load_config
@@ -90,7 +95,12 @@ def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **opti
     if not ranks.main:  # a worker: trains its slice of each batch, writes nothing (rank 0 does)
         run_worker_rank(load_config(config))
         return
-    code = run_stages(load_config(config), stages, junit, **options)
+    cfg = load_config(config)
+    if baseline is not None:
+        from edgepipe.pipeline.baseline import with_baseline
+
+        cfg = with_baseline(cfg, baseline)
+    code = run_stages(cfg, stages, junit, **options)
     if code:
         sys.exit(code)
 
@@ -100,9 +110,10 @@ def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, **opti
 @JUNIT
 @click.option("--force", "force_from", metavar="STAGE",
               help="rerun STAGE and every stage after it even if up to date (finetune: the whole build)")
+@BASELINE
 @SIGN
 @_guard
-def build(config: str, junit: Path | None, force_from: str | None, sign_key: Path | None) -> None:
+def build(config: str, junit: Path | None, force_from: str | None, baseline: Path | None, sign_key: Path | None) -> None:
     """Run every stage of CONFIG that is not up to date; exit 3 if a gate fails.
 
     A stage is up to date when its inputs (config sections, upstream artifacts, dataset files,
@@ -110,7 +121,7 @@ def build(config: str, junit: Path | None, force_from: str | None, sign_key: Pat
     _require_build_tools()  # before the build side is imported: a field unit has none of it
     from edgepipe.pipeline.stages import STAGES
 
-    _run(config, STAGES, junit, incremental=True, force_from=force_from, sign_key=sign_key)
+    _run(config, STAGES, junit, baseline, incremental=True, force_from=force_from, sign_key=sign_key)
 
 
 @cli.command()
@@ -145,17 +156,18 @@ def quantize(config: str) -> None:
 @JUNIT
 @_guard
 def verify(config: str, junit: Path | None) -> None:
-    """Measure the float model and every artifact on the test split, then apply the gates."""
-    _run(config, ("verify", "report"), junit)
+    """Measure the float model and every artifact on the test split, explain the disagreements, apply the gates."""
+    _run(config, ("verify", "explain", "report"), junit)
 
 
 @cli.command()
 @CONFIG
 @JUNIT
+@BASELINE
 @_guard
-def report(config: str, junit: Path | None) -> None:
+def report(config: str, junit: Path | None, baseline: Path | None) -> None:
     """Re-apply the gates of CONFIG to the last verify results and rewrite the reports."""
-    _run(config, ("report",), junit)
+    _run(config, ("report",), junit, baseline)
 
 
 @cli.command("bundle")
@@ -191,12 +203,54 @@ def cv(config: str, folds: int) -> None:
 
 
 @cli.command()
-@click.argument("record", required=False, type=click.Choice(["verify-results", "report", "bundle", "cv"]))
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON instead of markdown")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="also write the comparison as a self-contained HTML page")
+@click.option("--common", is_flag=True,
+              help="when the test splits differ, compare on the images both hold (default: refuse, exit 2)")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="an artifact whose accuracy drops by more than this (0.01 = 1 pt) is a regression")
+@click.option("--max-latency-increase", type=click.FloatRange(0), default=None,
+              help="also a regression: p50 latency up by more than this fraction (same CPU only; off by "
+                   "default: CPU timings vary ±30 %% between runs)")
+@_guard
+def diff(old: str, new: str, as_json: bool, html_path: Path | None, common: bool, max_accuracy_drop: float,
+         max_latency_increase: float | None) -> None:
+    """What changed from release OLD to NEW (each a report.json or its build folder): accuracy,
+    agreement, per-class recall, latency and size per artifact, and the test images whose
+    prediction changed. Exit 0: no regression ("no change" when nothing changed); 3: an artifact
+    regressed (named); 2: the two cannot be compared (different test splits without --common)."""
+    import json
+
+    from edgepipe.core.files import atomic_output
+    from edgepipe.pipeline.compare import compare, load_report
+    from edgepipe.pipeline.diff import regressions, render_html, render_markdown, verdict
+
+    o, n = load_report(old, "OLD"), load_report(new, "NEW")
+    c = compare(o.report, n.report, allow_common=common, where=(f"OLD ({old})", f"NEW ({new})"))
+    found = regressions(c, max_accuracy_drop, max_latency_increase)
+    if html_path is not None:
+        with atomic_output(html_path) as tmp:
+            tmp.write_text(render_html(c, found), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(c.to_json() | {"verdict": verdict(c, found), "regressions": [
+            {"artifact": r.artifact, "problem": r.problem} for r in found]}, indent=2))
+    else:
+        click.echo(render_markdown(c, found), nl=False)
+    if found:
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("record", required=False, type=click.Choice(["verify-results", "report", "bundle", "cv", "explain-gallery"]))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="write every schema to OUT/<record>.json instead of printing one")
 @_guard
 def schema(record: str | None, out_dir: Path | None) -> None:
-    """Print the JSON schema of a record edgepipe writes (verify/results.json, report.json, bundle.json, cv/cv.json)."""
+    """Print the JSON schema of a record edgepipe writes (verify/results.json, report.json, bundle.json, cv/cv.json,
+    explain/gallery.json)."""
     import json
 
     from edgepipe.core.files import atomic_output
@@ -205,7 +259,7 @@ def schema(record: str | None, out_dir: Path | None) -> None:
     schemas = json_schemas()
     if out_dir is None:
         if record is None:
-            raise click.UsageError("name a record (verify-results, report, bundle, cv) or pass --out DIR")
+            raise click.UsageError("name a record (verify-results, report, bundle, cv, explain-gallery) or pass --out DIR")
         click.echo(json.dumps(schemas[record], indent=2))
         return
     out_dir.mkdir(parents=True, exist_ok=True)

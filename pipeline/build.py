@@ -1,4 +1,5 @@
-"""Runs stages in order: data -> finetune -> export -> quantize -> verify -> report -> bundle.
+"""Runs stages in order: data -> finetune -> export -> quantize -> verify -> explain -> report ->
+bundle -> track (pipeline/stages.py).
 
 Each stage reads what earlier stages recorded in the manifest (checked by hash) and records its
 own outputs, so any stage can also run alone once its inputs exist. `edgepipe build` is
@@ -78,6 +79,9 @@ def run_stages(cfg: BuildConfig, stages: tuple[str, ...], junit: Path | None = N
         from edgepipe.runtime.cli_io import refuse_foreign_output
 
         refuse_foreign_output(junit, "--junit", "a JUnit XML report", (b"<?xml", b"<testsuite"), devices_ok=False)
+    for stage in stages:  # e.g. a missing baseline: said now, not after the fine-tune
+        if REGISTRY[stage].precheck is not None:
+            REGISTRY[stage].precheck(cfg)
     signer = None
     bundles = any(REGISTRY[s].writes_bundles for s in stages)
     if sign_key is not None and bundles:  # a bad key fails now, not after the whole build

@@ -169,10 +169,23 @@ class FallbackConfig(_Section):
     max_float_layers: int = Field(4, ge=0, description="most layers kept in float before giving up")
 
 
+class BaselineConfig(_Section):
+    """The previous release: no artifact may be worse than its same-named artifact there."""
+
+    report: Path = Field(description="the previous release's report.json, or its build folder")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="absolute top-1 drop vs the baseline's artifact")
+    # CPU latency is noisy (±30 % minute to minute) and means nothing across machines: a generous
+    # default, and skipped (with the reason) when the baseline was measured on another CPU
+    max_latency_increase: float | None = Field(0.5, ge=0, description="p50 latency increase vs the baseline, as a "
+                                               "fraction (0.5: at most 1.5x); null turns the gate off")
+
+
 class GateConfig(_Section):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="absolute top-1 drop vs the float model")
     min_agreement: float = Field(0.98, ge=0, le=1, description="share of test images with the float model's top-1")
     max_latency_ms: float | None = Field(None, gt=0, description="batch-1 p50 latency limit")
+    baseline: BaselineConfig | None = Field(None, description="compare every artifact with the previous release's "
+                                            "(also `edgepipe build --baseline PREVIOUS`)")
 
 
 def _target_section(entry):
@@ -202,6 +215,22 @@ class VerifyConfig(_Section):
     throughput_batch: int = Field(32, ge=1, le=1024)
 
 
+class ReportConfig(_Section):
+    """report.html: what the reviewer sees beyond the tables."""
+
+    gallery: int = Field(24, ge=0, le=500, description="test images shown with a Grad-CAM heat map: int8 "
+                         "disagreements with the float model first, then the float model's own errors (0: none)")
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking: the build logs its config, per-artifact metrics and reports to MLflow
+    (`pip install 'edgepipe[tracking]'`)."""
+
+    mlflow: str = Field(min_length=1, description="MLflow tracking URI: a folder (file store, offline), "
+                        "sqlite:///path/mlflow.db, or http(s)://server")
+    experiment: str | None = Field(None, min_length=1, description="experiment name (default: the build's name)")
+
+
 class BundleConfig(_Section):
     """Deploy bundles: one self-contained folder per verified artifact, for field units."""
 
@@ -224,7 +253,9 @@ class BuildConfig(_Section):
     targets: list[SerializeAsAny[Annotated[TargetSection, BeforeValidator(_target_section)]]] = Field(default_factory=_default_targets, min_length=1)
     verify: VerifyConfig = VerifyConfig()
     gates: GateConfig = GateConfig()
+    report: ReportConfig = ReportConfig()
     bundle: BundleConfig = BundleConfig()
+    tracking: TrackingConfig | None = None
 
     @field_validator("targets")
     @classmethod
@@ -247,7 +278,21 @@ def _resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
         "dataset": cfg.dataset.model_copy(update={"root": rel(cfg.dataset.root), "csv": rel(cfg.dataset.csv)}),
         "model": cfg.model.model_copy(update={"weights": rel(cfg.model.weights)}),
         "bundle": cfg.bundle.model_copy(update={"dist_dir": rel(cfg.bundle.dist_dir)}),
+        "gates": cfg.gates.model_copy(update={"baseline": None if cfg.gates.baseline is None else
+                                              cfg.gates.baseline.model_copy(update={"report": rel(cfg.gates.baseline.report)})}),
+        "tracking": None if cfg.tracking is None else
+        cfg.tracking.model_copy(update={"mlflow": _resolve_uri(cfg.tracking.mlflow, base)}),
     })
+
+
+def _resolve_uri(uri: str, base: Path) -> str:
+    """A tracking URI with its local path, if relative, taken from the config's folder like every
+    other path: a folder (file store) or sqlite:///relative.db. Server URIs are left as they are."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((base / uri.removeprefix("sqlite:///")).resolve())
+    if "://" in uri or uri.startswith("file:"):
+        return uri
+    return str((base / uri).resolve())
 
 
 def _describe(err: ValidationError) -> str:

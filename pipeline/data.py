@@ -70,10 +70,19 @@ class PreparedData:
     dataset_sha256: str
     split_sha256: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    file_sha256: list[str] = field(default_factory=list)  # per file, of its bytes
+    root: Path | None = None  # the catalog's root: image ids are relative to it
 
     def subset(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         idx = getattr(self.split, name)
         return self.images[idx], self.labels[idx]
+
+    def images_of(self, name: str) -> list[dict]:
+        """Each image of a split as the records name it: path relative to the dataset root, sha256
+        of its bytes, class: the same image has the same id in another build of the same dataset."""
+        return [{"id": Path(os.path.relpath(self.files[i].path, self.root or self.files[i].path.parent)).as_posix(),
+                 "sha256": self.file_sha256[i] if self.file_sha256 else "", "label": self.classes[self.labels[i]]}
+                for i in getattr(self.split, name)]
 
     def summary(self) -> dict:
         counts = {name: {c: int((self.labels[getattr(self.split, name)] == i).sum()) for i, c in enumerate(self.classes)}
@@ -370,7 +379,7 @@ def prepare(cfg: DatasetConfig, spec: PreprocessSpec, seed: int) -> PreparedData
         split_digest.update(name.encode() + getattr(split, name).astype(np.int64).tobytes())
     split_digest.update(digest.digest())
     return PreparedData(cat.classes, kept, np.stack(images), labels, split, spec,
-                        digest.hexdigest(), split_digest.hexdigest(), skipped)
+                        digest.hexdigest(), split_digest.hexdigest(), skipped, [c.hex() for c in contents], cat.root)
 
 
 def _resolve_duplicates(cat: Catalog, files: list[LabelledFile], contents: list[bytes],

@@ -1,5 +1,5 @@
-"""The build's records as pydantic models: verify/results.json and report.json, each with a schema
-version. bundle.json's model lives with the device code that reads it (runtime/bundle.py).
+"""The build's records as pydantic models: verify/results.json, explain/gallery.json and report.json,
+each with a schema version. bundle.json's model lives with the device code that reads it (runtime/bundle.py).
 
 The stages validate a record before writing it and again when a later stage reads it back, so a
 hand-edited or foreign file is refused with the command that rewrites it; a record of another
@@ -17,6 +17,7 @@ from edgepipe.core.errors import MissingArtifactError
 VERIFY_SCHEMA = "edgepipe-verify/1"
 REPORT_SCHEMA = "edgepipe-report/1"
 CV_SCHEMA = "edgepipe-cv/1"
+EXPLAIN_SCHEMA = "edgepipe-explain/1"
 
 Share = Annotated[float, Field(ge=0, le=1)]
 Delta = Annotated[float, Field(ge=-1, le=1)]
@@ -77,6 +78,8 @@ class Row(_Record):
     accuracy: Share | None = None
     macro_f1: Share | None = None
     per_class_recall: dict[str, Share | None] | None = None
+    per_class_precision: dict[str, Share | None] | None = None  # None for a build older than the field
+    per_class_f1: dict[str, Share | None] | None = None
     confusion: list[list[int]] | None = None  # [true class][predicted class]
     accuracy_delta: Delta | None = None  # vs the reference row
     agreement: Share | None = None  # top-1 agreement with the reference row
@@ -84,6 +87,18 @@ class Row(_Record):
     latency_ms: Latency | None = None  # batch 1
     throughput: Throughput | None = None
     runtime: str | None = None  # what the backend chose at activation (e.g. compute precision)
+    # per test image, in the order of the results' test_set: the top-1 class index and its softmax
+    # probability; what the gallery, `edgepipe diff` and the baseline gates compare image by image
+    predictions: list[Annotated[int, Field(ge=0)]] | None = None
+    confidence: list[Share] | None = None
+
+
+class SplitImage(_Record):
+    """One image of the test split: where it is, what its bytes hash to, its true class."""
+
+    id: str  # path relative to the dataset root
+    sha256: str
+    label: str
 
 
 class VerifyResults(_Record):
@@ -96,11 +111,13 @@ class VerifyResults(_Record):
     machine: Machine
     method: Method
     rows: list[Row]
+    test_set: list[SplitImage] | None = None  # None for a build older than the field
 
 
 class Gate(_Record):
     artifact: str
-    gate: Literal["max_accuracy_drop", "min_agreement", "max_latency_ms", "build"]
+    gate: Literal["max_accuracy_drop", "min_agreement", "max_latency_ms", "build",
+                  "baseline_accuracy_drop", "baseline_latency_increase"]
     status: Literal["passed", "failed", "skipped"]
     limit: float | None
     value: float | None
@@ -114,6 +131,14 @@ class Weights(_Record):
     origin: Literal["package", "file", "torch-hub cache", "huggingface cache", "huggingface download", "none"]
     source: str  # the file read, or "none" for a random initialisation
     sha256: str | None
+
+
+class Baseline(_Record):
+    report: str  # the baseline report.json read
+    sha256: str
+    name: str
+    created: str
+    compared_on: str  # "the same test split" or "N images common to both test splits"
 
 
 class Report(_Record):
@@ -132,6 +157,9 @@ class Report(_Record):
     gates: list[Gate]
     augmentation: str | None = None  # what the fine-tune's augmentation did, in words
     weights: Weights | None = None  # None for a build older than this field
+    test_set: list[SplitImage] | None = None  # the verify results' (None for a build older than the field)
+    baseline: Baseline | None = None  # the previous release the baseline gates compared with
+
 
 
 class Fold(_Record):
@@ -171,15 +199,54 @@ class CvReport(_Record):
     wall_s: float
 
 
+GalleryKind = Literal["int8 disagrees", "float error"]
+
+
+class Prediction(_Record):
+    """One model's answer on one test image: the top-1 class and its softmax probability."""
+
+    name: str  # the verify row
+    precision: str
+    class_: str = Field(alias="class")
+    confidence: Share
+
+
+class GalleryEntry(_Record):
+    index: int = Field(ge=0)  # position in the verify results' test_set
+    id: str  # path relative to the dataset root
+    label: str  # the true class
+    kind: Literal["int8 disagrees", "float error", "int8 disagrees, float error"]
+    float_: Prediction = Field(alias="float")  # the reference row; the heat map is for its class
+    artifacts: list[Prediction]  # every other row with per-image predictions, in verify's order
+    png: str  # the image | the image with its heat map, relative to the output dir
+
+
+class Gallery(_Record):
+    """explain/gallery.json: test images where an int8 artifact disagrees with the float model, then
+    the float model's own errors, each with the float model's Grad-CAM heat map."""
+
+    schema_: Literal["edgepipe-explain/1"] = Field(alias="schema")
+    method: str | None  # in words; None when nothing was explained
+    layer: str | None  # the float model's module the heat maps are taken at
+    reference: str  # the verify row the others are compared with (the float model)
+    limit: int = Field(ge=0)  # report.gallery
+    found: dict[GalleryKind, int]  # every such test image, the gallery may show fewer
+    shown: dict[GalleryKind, int]  # an image of both kinds counts in both
+    reason: str | None  # why the gallery is empty or short, None when it shows all it found
+    entries: list[GalleryEntry]
+
+
 _WRITTEN_BY = {VerifyResults: ("verify", VERIFY_SCHEMA), Report: ("report", REPORT_SCHEMA),
-               CvReport: ("cv", CV_SCHEMA)}
+               CvReport: ("cv", CV_SCHEMA), Gallery: ("explain", EXPLAIN_SCHEMA)}
 
 
 def checked(model: type[_Record], data: dict, where: str) -> dict:
     """data, validated as `model`; MissingArtifactError naming the problem and the command that
     rewrites it. A record of another schema version is refused before its fields are read."""
     stage, schema = _WRITTEN_BY[model]
-    fix = f"rerun `edgepipe {stage}`" + ("" if stage == "cv" else " (or `edgepipe build`)") + " to rewrite it"
+    fix = {"cv": "rerun `edgepipe cv` to rewrite it",  # not a build stage
+           "explain": "rerun `edgepipe build --force explain` to rewrite it"}.get(  # a stage without its own command
+        stage, f"rerun `edgepipe {stage}` (or `edgepipe build`) to rewrite it")
     found = data.get("schema") if isinstance(data, dict) else None
     if found != schema:
         raise MissingArtifactError(f"{where} has schema {found!r}; this edgepipe reads {schema!r}", fix)
@@ -200,6 +267,10 @@ def read_report(manifest) -> dict:
     return checked(Report, manifest.read_json("report", "report_json"), "report.json")
 
 
+def read_gallery(manifest) -> dict:
+    return checked(Gallery, manifest.read_json("explain", "gallery"), "explain/gallery.json")
+
+
 def json_schemas() -> dict[str, dict]:
     """name -> JSON schema of each record edgepipe writes (bundle.json's included)."""
     from edgepipe.runtime.bundle import BundleMeta
@@ -207,4 +278,5 @@ def json_schemas() -> dict[str, dict]:
     return {"verify-results": VerifyResults.model_json_schema(by_alias=True),
             "report": Report.model_json_schema(by_alias=True),
             "bundle": BundleMeta.model_json_schema(by_alias=True),
-            "cv": CvReport.model_json_schema(by_alias=True)}
+            "cv": CvReport.model_json_schema(by_alias=True),
+            "explain-gallery": Gallery.model_json_schema(by_alias=True)}

@@ -1,5 +1,6 @@
-"""Report stage: gates on the verify results, report.json (schema below), report.md, a console
-table and optional JUnit XML.
+"""Report stage: gates on the verify results (and on the baseline release's, when set), report.json
+(schema below), report.md, report.html (pipeline/html_report.py), a console table and optional
+JUnit XML.
 
 report.json is a pipeline/records.py Report (schema "edgepipe-report/1"; JSON schema in
 docs/schemas/report.json): the verify rows, the gates on them, passed / exit_code.
@@ -140,19 +141,27 @@ def write_junit(path: Path, report: dict) -> Path:
 
 def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path | None = None) -> int:
     """Write the reports and return the build's exit code: 0 all gates pass, 3 a gate failed."""
+    from edgepipe.pipeline.baseline import baseline_gates, load_baseline
+
     gates = evaluate_gates(results, cfg)
-    passed = not any(g["status"] == "failed" for g in gates)
     report = {"schema": REPORT_SCHEMA, "name": cfg.name,
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "config_sha256": cfg.sha256(), "machine": results["machine"], "test_images": results["test_images"],
-              "reference": results["reference"], "passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED,
+              "reference": results["reference"], "passed": True, "exit_code": 0,
               "rows": results["rows"], "gates": gates, "augmentation": _augmentation(manifest),
-              "weights": _weights(manifest)}
+              "weights": _weights(manifest), "test_set": results.get("test_set")}
+    baseline = load_baseline(cfg)
+    if baseline is not None:
+        more, report["baseline"] = baseline_gates(report, baseline, cfg.gates.baseline)
+        gates += more
+    passed = not any(g["status"] == "failed" for g in gates)
+    report |= {"passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED}
     out = cfg.output_dir
     outputs = {"report_json": write_json(out / "report.json", checked(Report, report, "report.json"))}
     with atomic_output(out / "report.md") as tmp:
         tmp.write_text(render_markdown(report))
     outputs["report_md"] = out / "report.md"
+    outputs["report_html"] = _write_html(report, manifest, out / "report.html")
     if junit is not None:
         junit = write_junit(junit.resolve(), report)
         if junit.is_relative_to(out):  # the manifest lists files inside the output dir only
@@ -160,6 +169,15 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
     manifest.record_stage("report", outputs, {"passed": passed, "failed_gates": [g for g in gates if g["status"] == "failed"]})
     _announce(report)
     return report["exit_code"]
+
+
+def _write_html(report: dict, manifest: Manifest, path: Path) -> Path:
+    from edgepipe.pipeline.html_report import render_html
+    from edgepipe.pipeline.report_inputs import report_context
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(render_html(report_context(report, manifest)), encoding="utf-8")
+    return path
 
 
 def _augmentation(manifest: Manifest) -> str | None:

@@ -47,6 +47,9 @@ class Stage:
     # writes the deploy bundles (to dist_dir, outside the output dir): --sign signs them, and the
     # bundle folder must be this build's before the run starts
     writes_bundles: bool = False
+    # checks its config before any stage of the run starts (a missing baseline, MLflow not installed):
+    # bad input found after an hour of fine-tuning is an hour lost
+    precheck: Callable[[BuildConfig], None] | None = None
 
 
 # --- what each stage's output depends on ------------------------------------------------------------
@@ -67,6 +70,17 @@ def _quantize_config(cfg: BuildConfig) -> dict:
     targets = [{k: v for k, v in t.items() if k != "gates"} for t in c["targets"]]
     return {"seed": c["seed"], "calibration": c["calibration"], "fallback": c["fallback"], "targets": targets,
             "threads": c["verify"]["threads"]}  # the fallback times its candidates with these threads
+
+
+def _report_config(cfg: BuildConfig) -> dict:
+    c = {"sha256": cfg.sha256()}
+    if cfg.gates.baseline is not None:  # the baseline's content, not only its path: a new release there reruns it
+        from edgepipe.core.files import sha256_file
+
+        where = cfg.gates.baseline.report
+        target = where / "report.json" if where.is_dir() else where
+        c["baseline"] = sha256_file(target) if target.is_file() else "missing"
+    return c
 
 
 # --- how each runs -----------------------------------------------------------------------------------
@@ -101,6 +115,13 @@ def _verify(r: StageRun) -> int:
     return 0
 
 
+def _explain(r: StageRun) -> int:
+    from edgepipe.pipeline.explain import run_explain
+
+    run_explain(r.cfg, r.data(), r.manifest)
+    return 0
+
+
 def _report(r: StageRun) -> int:
     from edgepipe.pipeline.records import read_results
     from edgepipe.pipeline.report import run_report
@@ -113,6 +134,25 @@ def _replay_report(r: StageRun) -> int:
     from edgepipe.pipeline.report import replay_report
 
     return replay_report(r.manifest, r.junit)
+
+
+def _check_baseline(cfg: BuildConfig) -> None:
+    from edgepipe.pipeline.baseline import load_baseline
+
+    load_baseline(cfg)
+
+
+def _check_tracking(cfg: BuildConfig) -> None:
+    from edgepipe.pipeline.tracking import require_mlflow
+
+    require_mlflow(cfg)
+
+
+def _track(r: StageRun) -> int:
+    from edgepipe.pipeline.tracking import run_track
+
+    run_track(r.cfg, r.manifest)
+    return 0
 
 
 def _bundle(r: StageRun) -> int:
@@ -135,13 +175,24 @@ _STAGES = (
     Stage("verify", _verify, lambda cfg: {"verify": cfg.verify.model_dump(mode="json")},
           reads={"finetune": ("checkpoint",), "quantize": ALL},
           tools=("torch", "timm", *runtime_packages(), "numpy"), dataset=True, machine=True),
+    # the gallery: verify's per-image answers, and the float model's Grad-CAM on the test images
+    Stage("explain", _explain, lambda cfg: {"report": cfg.report.model_dump(mode="json")},
+          reads={"finetune": ("checkpoint",), "verify": ("results",)},
+          tools=("torch", "timm", "captum", "matplotlib", "numpy", "pillow"), dataset=True),
     # report.json carries the config hash, and the report is cheap: any config change reruns it
-    Stage("report", _report, lambda cfg: {"sha256": cfg.sha256()}, reads={"verify": ("results",)}, tools=(),
-          dataset=False, replay=_replay_report),
+    # report.html shows the training curve, the calibration set and the gallery too
+    Stage("report", _report, _report_config,
+          reads={"finetune": ("curve", "metrics"), "quantize": ALL, "verify": ("results",), "explain": ALL},
+          tools=("jinja2", "matplotlib"),
+          dataset=False, replay=_replay_report, precheck=_check_baseline),
     Stage("bundle", _bundle,
           lambda cfg: {"name": cfg.name, "bundle": cfg.bundle.model_dump(mode="json")},
           reads={"export": ("onnx",), "quantize": ALL, "verify": ("results",), "report": ("report_json",)},
           tools=TOOLS, dataset=True, writes_bundles=True),  # bundle.json records every tool version
+    # MLflow, when the config has a tracking section: one run per new report
+    Stage("track", _track, lambda cfg: {"tracking": None if cfg.tracking is None else cfg.tracking.model_dump(mode="json")},
+          reads={"finetune": ("curve",), "report": ALL}, tools=("mlflow-skinny", "mlflow"), dataset=False,
+          precheck=_check_tracking),
 )
 REGISTRY: dict[str, Stage] = {s.name: s for s in _STAGES}
 STAGES: tuple[str, ...] = tuple(REGISTRY)  # the pipeline order

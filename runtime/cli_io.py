@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+
 def expand_inputs(inputs: tuple[str, ...]) -> Iterator[Path]:
     """Files as given (a missing one is still yielded: it gets an error line); folders -> their images, sorted.
 

@@ -20,6 +20,8 @@ def test_all_classes_present_gives_the_usual_numbers():
     f1 = [2 * p * r / (p + r) for p, r in [(2 / 3, 2 / 3), (2 / 3, 1.0), (1.0, 2 / 3)]]
     assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
     assert m["confusion"] == [[2, 1, 0], [0, 2, 0], [1, 0, 2]]
+    assert m["per_class_precision"] == pytest.approx({"cat": 2 / 3, "dog": 2 / 3, "owl": 1.0})
+    assert m["per_class_f1"] == pytest.approx(dict(zip(CLASSES, f1)))
 
 
 def test_a_class_without_true_samples_has_recall_none_and_no_say_in_macro_f1():
@@ -47,3 +49,13 @@ def test_a_class_only_predicted_counts_with_f1_zero():
 def test_no_samples_at_all_gives_macro_f1_none():
     m = classification_metrics(np.array([], int), np.array([], int), CLASSES)
     assert m["macro_f1"] is None and m["per_class_recall"] == {c: None for c in CLASSES}
+
+
+def test_a_class_never_predicted_has_precision_none_and_f1_zero_when_it_has_samples():
+    """owl has two samples and no prediction: its precision is undefined (None), its recall 0 and its
+    F1 0; cat was predicted for an owl, so its precision is 2/3."""
+    truth = np.array([0, 0, 1, 2, 2])
+    pred = np.array([0, 0, 1, 0, 1])
+    m = classification_metrics(pred, truth, CLASSES)
+    assert m["per_class_precision"] == pytest.approx({"cat": 2 / 3, "dog": 0.5, "owl": None})
+    assert m["per_class_f1"]["owl"] == 0.0 and m["per_class_recall"]["owl"] == 0.0

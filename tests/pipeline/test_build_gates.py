@@ -89,6 +89,37 @@ def test_broken_int8_artifact_fails_the_gates_with_exit_3(project, monkeypatch):
     assert "goal NOT met on val" in (project / "out" / "report.md").read_text()
     suite = ET.parse(project / "junit.xml").getroot().find("testsuite")
     assert int(suite.get("failures")) >= 1
+    _review_in_chromium(project / "out", report, broken)
+
+
+def _review_in_chromium(out, report, broken):
+    """report.html of the failed build, as a reviewer opens it in a browser: the verdict names the
+    failed gate, every chart and confusion matrix is drawn, and the gallery shows the test images the
+    broken int8 artifact disagrees on, each with its Grad-CAM; the page loads nothing from outside
+    and logs no error. The screenshots stay in build/test-artifacts/ (laptop and phone)."""
+    from tests import browser
+
+    gallery = json.loads((out / "explain" / "gallery.json").read_text())
+    float_pred = next(r for r in report["rows"] if r["name"] == "torch-fp32")["predictions"]
+    int8_rows = [r for r in report["rows"] if r["precision"] == "int8" and r["status"] == "ok"]
+    disagree = {i for r in int8_rows for i, (p, q) in enumerate(zip(r["predictions"], float_pred)) if p != q}
+    assert {i for i, (p, q) in enumerate(zip(broken["predictions"], float_pred)) if p != q} <= disagree
+    assert disagree and gallery["found"]["int8 disagrees"] == len(disagree)
+    with browser.launch() as chromium:
+        for viewport, shot in ((browser.LAPTOP, "report-laptop.png"), (browser.PHONE, "report-phone.png")):
+            with browser.render(chromium, out / "report.html", browser.artifact_path(shot), viewport) as shown:
+                page = shown.page
+                assert not shown.errors, shown.errors
+                assert "min_agreement" in page.locator("#verdict").inner_text()
+                assert page.locator("#tradeoff svg").count() == 1 and page.locator("#training svg").count() == 1
+                assert page.locator("#latency svg").count() == 1
+                ok_rows = [r for r in report["rows"] if r["status"] == "ok"]
+                assert page.locator("#confusion figure.confusion svg").count() == len(ok_rows)
+                items = page.locator("#gallery figure.gallery-item")
+                assert items.count() == len(gallery["entries"]) > 0
+                assert page.locator("#gallery figure.gallery-item img").first.evaluate("i => i.naturalWidth") > 0
+                assert gallery["entries"][0]["id"] in items.first.inner_text()
+                assert page.locator("#provenance").inner_text().count(report["config_sha256"]) >= 1
 
 
 def test_a_target_that_fails_to_build_fails_loudly_and_the_others_are_reported(project, monkeypatch):

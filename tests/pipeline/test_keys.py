@@ -7,7 +7,7 @@ from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.keys import stage_inputs, stage_key
 from edgepipe.pipeline.manifest import Manifest
 
-CORE = ("finetune", "export", "quantize", "verify", "report")
+CORE = ("finetune", "export", "quantize", "verify", "explain", "report")
 BASE = {"name": "k", "targets": [{"name": "onnxruntime"}, {"name": "openvino"}]}
 
 
@@ -15,12 +15,14 @@ BASE = {"name": "k", "targets": [{"name": "onnxruntime"}, {"name": "openvino"}]}
 def recorded(tmp_path):
     """A manifest in which every stage recorded one small file: enough to compute every key."""
     manifest = Manifest.open(BuildConfig(name="k", output_dir=tmp_path / "out"))
-    for stage, name in (("finetune", "checkpoint"), ("export", "onnx"), ("quantize", "calibration"),
-                        ("verify", "results"), ("report", "report_json")):
-        path = tmp_path / "out" / stage / name
-        path.parent.mkdir(parents=True)
-        path.write_text(f"{stage} output")
-        manifest.record_stage(stage, {name: path}, {})
+    for stage, names in (("finetune", ("checkpoint", "curve", "metrics")), ("export", ("onnx",)),
+                         ("quantize", ("calibration",)), ("verify", ("results",)), ("explain", ("gallery",)),
+                         ("report", ("report_json",))):
+        outputs = {name: tmp_path / "out" / stage / name for name in names}
+        for name, path in outputs.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{stage} {name}")
+        manifest.record_stage(stage, outputs, {})
     return manifest
 
 
@@ -48,6 +50,8 @@ def rerun(manifest, **changes) -> set[str]:
     ({"model": {"image_size": 160}}, {"finetune", "export", "report"}),
     ({"seed": 3}, {"finetune", "quantize", "report"}),
     ({"name": "other"}, {"report"}),
+    ({"report": {"gallery": 4}}, {"explain", "report"}),
+    ({"tracking": {"mlflow": "mlruns"}}, {"report"}),  # report.json holds the config hash; track reads it
 ])
 def test_a_config_change_reruns_the_stages_that_read_it(recorded, changes, stages):
     assert rerun(recorded, **changes) == stages
@@ -55,22 +59,27 @@ def test_a_config_change_reruns_the_stages_that_read_it(recorded, changes, stage
 
 def test_new_dataset_files_rerun_every_stage_that_reads_images(recorded):
     before, after = keys(recorded), keys(recorded, dataset="e" * 64)
-    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "export", "quantize", "verify"}
+    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "export", "quantize", "verify", "explain"}
 
 
 def test_a_new_upstream_output_reruns_its_readers_only(recorded):
     before = keys(recorded)
     ckpt = recorded.out_dir / "finetune" / "checkpoint"
     ckpt.write_text("retrained")
-    recorded.record_stage("finetune", {"checkpoint": ckpt}, {})
+    outputs = {n: recorded.out_dir / "finetune" / n for n in ("checkpoint", "curve", "metrics")}
+    recorded.record_stage("finetune", outputs, {})
     after = keys(recorded)
-    assert {s for s in CORE if before[s] != after[s]} == {"export", "verify"}  # quantize reads the ONNX, not this
+    # quantize reads the ONNX, not this; explain takes its heat maps from the checkpoint; the report
+    # reads the curve and metrics, which did not change (the new checkpoint reaches it through verify)
+    assert {s for s in CORE if before[s] != after[s]} == {"export", "verify", "explain"}
 
 
 @pytest.mark.parametrize("package, stages", [
     ("openvino", {"quantize", "verify"}),
     ("onnxslim", {"export"}),
-    ("timm", {"finetune", "verify"}),
+    ("timm", {"finetune", "verify", "explain"}),
+    ("captum", {"explain"}),
+    ("matplotlib", {"explain", "report"}),  # the heat maps' colours, the report's charts
 ])
 def test_a_tool_upgrade_reruns_the_stages_that_use_it(recorded, monkeypatch, package, stages):
     before = keys(recorded)
