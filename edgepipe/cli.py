@@ -162,6 +162,15 @@ def verify(config: str, junit: Path | None) -> None:
 
 @cli.command()
 @CONFIG
+@_guard
+def explain(config: str) -> None:
+    """Grad-CAM gallery for report.html: the test images an int8 artifact disagrees on, then the float
+    model's errors, each with the float model's heat map (explain/gallery.json, explain/<k>.png)."""
+    _run(config, ("explain",))
+
+
+@cli.command()
+@CONFIG
 @JUNIT
 @BASELINE
 @_guard
@@ -229,6 +238,13 @@ def diff(old: str, new: str, as_json: bool, html_path: Path | None, common: bool
     from edgepipe.pipeline.diff import regressions, render_html, render_markdown, verdict
 
     o, n = load_report(old, "OLD"), load_report(new, "NEW")
+    if html_path is not None:  # never over an input, a report or any file that is not such a page
+        from edgepipe.runtime.cli_io import refuse_foreign_output
+
+        if html_path.resolve() in (o.path, n.path):
+            raise EdgepipeError(f"--html {html_path} is one of the reports compared", "write the page elsewhere")
+        refuse_foreign_output(html_path, "--html", "an HTML page", (b"<!doctype html", b"<!DOCTYPE html", b"<html"),
+                              devices_ok=False)
     c = compare(o.report, n.report, allow_common=common, where=(f"OLD ({old})", f"NEW ({new})"))
     found = regressions(c, max_accuracy_drop, max_latency_increase)
     if html_path is not None:

@@ -24,8 +24,10 @@ def with_baseline(cfg: BuildConfig, previous: str | Path) -> BuildConfig:
 
 
 def load_baseline(cfg: BuildConfig) -> LoadedReport | None:
-    """The baseline's report, checked before any stage runs: a missing or foreign file stops the
-    build at once (exit 2), not after the fine-tune."""
+    """The baseline's report, checked before any stage runs: a missing or foreign file, or one without
+    per-image predictions, stops the build at once (exit 2), not after the fine-tune. Whether its
+    test split overlaps this build's is known only once the data is split: the report stage's gates
+    say so (min_common)."""
     if cfg.gates.baseline is None:
         return None
     where = cfg.gates.baseline.report
@@ -34,7 +36,14 @@ def load_baseline(cfg: BuildConfig) -> LoadedReport | None:
         raise ConfigError(f"the baseline {where} is this build's own output: the report stage rewrites it",
                           f"copy the previous release's report.json outside {cfg.output_dir} (e.g. "
                           "releases/v1/report.json) and pass that")
-    return load_report(where, "baseline")
+    loaded = load_report(where, "baseline")
+    rows = [r for r in loaded.report["rows"] if r["status"] == "ok"]
+    if loaded.report.get("test_set") is None or any(r.get("predictions") is None for r in rows):
+        raise ConfigError(f"the baseline {loaded.path} records no per-image predictions (written by an edgepipe "
+                          "before they were kept): it cannot be compared image by image",
+                          "rebuild the previous release with this edgepipe (`edgepipe build CONFIG --force verify`) "
+                          "and pass its new report.json")
+    return loaded
 
 
 def baseline_gates(report: dict, baseline: LoadedReport, bcfg: BaselineConfig) -> tuple[list[dict], dict]:
@@ -46,11 +55,24 @@ def baseline_gates(report: dict, baseline: LoadedReport, bcfg: BaselineConfig) -
         gates.append({"artifact": artifact, "gate": kind, "status": status, "limit": limit, "value": value,
                       "reason": reason})
 
+    entry = {"report": str(baseline.path), "sha256": baseline.sha256, "name": baseline.report["name"],
+             "created": baseline.report["created"], "compared_on": c.compared_on}
+    share = c.compared_images / len(report["test_set"])
+    if share < bcfg.min_common:
+        for a in c.artifacts:
+            if a.status in ("compared", "broken", "removed"):
+                gate(a.name, "baseline_accuracy_drop", "failed", bcfg.min_common, share,
+                     f"only {c.compared_images} of this build's {len(report['test_set'])} test images are in the "
+                     f"baseline's test split ({share:.0%}, limit {bcfg.min_common:.0%}): another dataset or seed")
+        return gates, entry
     for a in c.artifacts:
-        if a.status == "new":
+        if a.status in ("new", "new, not running"):
             gate(a.name, "baseline_accuracy_drop", "skipped", reason="not in the baseline")
-        elif a.status == "removed":
-            gate(a.name, "baseline_accuracy_drop", "skipped", reason="in the baseline, not built by this config")
+        elif a.status == "not running":
+            gate(a.name, "baseline_accuracy_drop", "skipped", reason="did not run in the baseline either")
+        elif a.status == "removed":  # a renamed artifact would otherwise escape its baseline
+            gate(a.name, "baseline_accuracy_drop", "failed",
+                 reason="ran in the baseline, not built by this config (renamed, or its target removed)")
         elif a.status == "broken":
             gate(a.name, "baseline_accuracy_drop", "failed", reason=f"ran in the baseline; now {a.reason}")
         elif a.accuracy_delta is None:
@@ -63,8 +85,6 @@ def baseline_gates(report: dict, baseline: LoadedReport, bcfg: BaselineConfig) -
                                  f"(limit -{limit * 100:.2f} pt)")
             if bcfg.max_latency_increase is not None:
                 _latency_gate(gate, a, c.same_machine, bcfg.max_latency_increase, baseline.report["machine"]["cpu"])
-    entry = {"report": str(baseline.path), "sha256": baseline.sha256, "name": baseline.report["name"],
-             "created": baseline.report["created"], "compared_on": c.compared_on}
     return gates, entry
 
 

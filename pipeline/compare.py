@@ -46,16 +46,20 @@ def load_report(where: str | Path, role: str = "report") -> LoadedReport:
 @dataclass
 class ArtifactChange:
     name: str
-    status: str  # "compared", "new" (only in NEW), "removed" (only in OLD), "broken" (ok in OLD, not in NEW)
+    # "compared"; "new" (ran in NEW only); "removed" (ran in OLD, not in NEW at all); "broken" (ran in
+    # OLD, failed or skipped in NEW); "new, not running" (in NEW only, failed or skipped there);
+    # "not running" (failed or skipped in both)
+    status: str
     reason: str | None = None
     old_accuracy: float | None = None
     new_accuracy: float | None = None
     old_agreement: float | None = None  # with its own report's float reference
     new_agreement: float | None = None
-    recall_delta: dict[str, float | None] = field(default_factory=dict)  # per class, NEW - OLD (same split only)
+    recall_delta: dict[str, float | None] = field(default_factory=dict)  # per class, NEW - OLD, on the compared images
     latency_ratio: float | None = None  # p50 NEW / OLD
     size_ratio: float | None = None
     predictions_changed: int = 0
+    reason_unchanged: bool = False  # "not running": for the same reason in both
 
     @property
     def accuracy_delta(self) -> float | None:
@@ -104,8 +108,8 @@ class Comparison:
         """Nothing a reviewer must look at: the same artifacts, accuracies and predictions (latency
         and size are measurements, shown but not counted: two runs never time alike)."""
         return not self.images and all(
-            a.status == "compared" and a.accuracy_delta == 0 and a.old_agreement == a.new_agreement
-            for a in self.artifacts)
+            (a.status == "compared" and a.accuracy_delta == 0 and a.old_agreement == a.new_agreement)
+            or (a.status == "not running" and a.reason_unchanged) for a in self.artifacts)
 
     def to_json(self) -> dict:
         return {"old": self.old, "new": self.new, "split": self.split, "compared_on": self.compared_on,
@@ -141,7 +145,7 @@ def compare(old: dict, new: dict, allow_common: bool = False, where: tuple[str, 
         raise DataError(f"{len(relabelled)} test image(s) carry different labels in {where[0]} and {where[1]}, e.g. "
                         f"{relabelled[0][0]} ('{lo[relabelled[0]]}' vs '{ln[relabelled[0]]}')",
                         "compare builds of the same labelled dataset")
-    same = ko == kn
+    same = len(ko) == len(kn) and set(ko) == set(kn)  # the same images, whatever their order
     if not same and not allow_common:
         raise DataError(f"the test splits differ: {len(common)} image(s) in common, {len(ko) - len(common)} only in "
                         f"{where[0]}, {len(kn) - len(common)} only in {where[1]} (another dataset, seed or split)",
@@ -160,21 +164,32 @@ def compare(old: dict, new: dict, allow_common: bool = False, where: tuple[str, 
         ro, rn = rows_old.get(name), rows_new.get(name)
         ok_old, ok_new = ro is not None and ro["status"] == "ok", rn is not None and rn["status"] == "ok"
         if not ok_old and not ok_new:
+            if rn is None:
+                continue  # gone, and it did not run before either: nothing to compare
+            status = "new, not running" if ro is None else "not running"
+            artifacts.append(ArtifactChange(name, status, reason=f"{rn['status']}: {rn['reason']}",
+                                            reason_unchanged=ro is not None and ro["reason"] == rn["reason"]))
             continue
         if not ok_old:
-            artifacts.append(ArtifactChange(name, "new", reason=None if ro is None else f"{ro['status']} in {where[0]}"))
+            artifacts.append(ArtifactChange(name, "new", reason=None if ro is None else f"{ro['status']}: {ro['reason']}"))
             continue
         if not ok_new:
             artifacts.append(ArtifactChange(name, "removed" if rn is None else "broken",
-                                            reason=f"not in {where[1]}" if rn is None else f"{rn['status']}: {rn['reason']}"))
+                                            reason=None if rn is None else f"{rn['status']}: {rn['reason']}"))
             continue
         change, changed = _artifact(name, ro, rn, old, new, sel_old, sel_new, truth, same)
-        change.latency_ratio = rn["latency_ms"]["p50"] / ro["latency_ms"]["p50"] if ro.get("latency_ms") else None
+        change.latency_ratio = _ratio(rn.get("latency_ms"), ro.get("latency_ms"))
         change.size_ratio = rn["size_bytes"] / ro["size_bytes"] if ro["size_bytes"] else None
         artifacts.append(change)
         images += changed
     return Comparison(_title(old), _title(new), "same" if same else "common", len(common), len(ko) - len(common),
                       len(kn) - len(common), same_machine, artifacts, images)
+
+
+def _ratio(new: dict | None, old: dict | None) -> float | None:
+    if not new or not old or not old["p50"]:
+        return None
+    return new["p50"] / old["p50"]
 
 
 def _title(report: dict) -> str:
@@ -203,6 +218,8 @@ def _artifact(name, ro, rn, old, new, sel_old, sel_new, truth, same) -> tuple[Ar
         change.new_accuracy = float(np.mean([a == t for a, t in zip(cn, truth)]))
         change.old_agreement = _agreement(old, po, sel_old)
         change.new_agreement = _agreement(new, pn, sel_new)
+        change.recall_delta = {c: _recall(cn, truth, c) - _recall(co, truth, c) if c in truth else None
+                               for c in classes_old}
     conf_o, conf_n = ro.get("confidence") or [], rn.get("confidence") or []
     ids = [t["id"] for t in old["test_set"]]
     changed = [ImageChange(ids[i], truth[j], name, co[j], cn[j], conf_o[i] if conf_o else None,
@@ -210,6 +227,11 @@ def _artifact(name, ro, rn, old, new, sel_old, sel_new, truth, same) -> tuple[Ar
                for j, (i, k) in enumerate(zip(sel_old, sel_new)) if co[j] != cn[j]]
     change.predictions_changed = len(changed)
     return change, changed
+
+
+def _recall(pred: list[str], truth: list[str], c: str) -> float:
+    hits = [p == t for p, t in zip(pred, truth) if t == c]
+    return sum(hits) / len(hits)
 
 
 def _classes(report: dict) -> list[str]:

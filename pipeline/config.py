@@ -178,6 +178,10 @@ class BaselineConfig(_Section):
     # default, and skipped (with the reason) when the baseline was measured on another CPU
     max_latency_increase: float | None = Field(0.5, ge=0, description="p50 latency increase vs the baseline, as a "
                                                "fraction (0.5: at most 1.5x); null turns the gate off")
+    # a baseline from another dataset or seed may share a handful of test images: a comparison on
+    # those says nothing, and a gate must not pass on it
+    min_common: float = Field(0.9, gt=0, le=1, description="share of this build's test images the baseline's "
+                              "test split must also hold")
 
 
 class GateConfig(_Section):
@@ -266,7 +270,10 @@ class BuildConfig(_Section):
         return targets
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        """The build's identity, in report.json and the report's key. Where its runs are logged is
+        not part of it: adding a tracking section must not rewrite the report or rebuild bundles."""
+        dump = self.model_dump(mode="json", exclude={"tracking"})
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
 
 
 def _resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:

@@ -25,8 +25,10 @@ def regressions(c: Comparison, max_accuracy_drop: float = 0.01,
                 max_latency_increase: float | None = None) -> list[Regression]:
     found = []
     for a in c.artifacts:
-        if a.status in ("broken", "removed"):
-            found.append(Regression(a.name, f"ran in OLD, {a.reason} in NEW"))
+        if a.status == "removed":
+            found.append(Regression(a.name, "ran in OLD, not in NEW (renamed, or its target left the config)"))
+        elif a.status == "broken":
+            found.append(Regression(a.name, f"ran in OLD; in NEW {a.reason}"))
         elif a.status == "compared":
             d = a.accuracy_delta
             if d is not None and -d > max_accuracy_drop + 1e-12:
@@ -110,9 +112,15 @@ def _verdict_line(c: Comparison, found: list[Regression]) -> str:
 
 
 def render_html(c: Comparison, found: list[Regression]) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    try:
+        from jinja2 import Environment, PackageLoader
+    except ImportError:
+        from edgepipe.core.errors import EdgepipeError
 
-    env = Environment(loader=PackageLoader("edgepipe.pipeline", "templates"), autoescape=select_autoescape())
+        raise EdgepipeError("--html needs jinja2, which comes with edgepipe's build tools",
+                            "pip install 'edgepipe[build]' (or pip install jinja2)") from None
+    # autoescape always: image ids, class and artifact names come from the user's folders
+    env = Environment(loader=PackageLoader("edgepipe.pipeline", "templates"), autoescape=True)
     headers, rows = recall_table(c)
     return env.get_template("diff.html.j2").render(
         c=c, verdict=verdict(c, found), regressed=bool(found), artifact_headers=ARTIFACT_HEADERS,

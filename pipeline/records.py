@@ -244,8 +244,7 @@ def checked(model: type[_Record], data: dict, where: str) -> dict:
     """data, validated as `model`; MissingArtifactError naming the problem and the command that
     rewrites it. A record of another schema version is refused before its fields are read."""
     stage, schema = _WRITTEN_BY[model]
-    fix = {"cv": "rerun `edgepipe cv` to rewrite it",  # not a build stage
-           "explain": "rerun `edgepipe build --force explain` to rewrite it"}.get(  # a stage without its own command
+    fix = {"cv": "rerun `edgepipe cv` to rewrite it"}.get(  # not a build stage
         stage, f"rerun `edgepipe {stage}` (or `edgepipe build`) to rewrite it")
     found = data.get("schema") if isinstance(data, dict) else None
     if found != schema:

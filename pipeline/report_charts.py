@@ -166,7 +166,7 @@ def training_svg(curve: Sequence[dict], best_epoch: int | None) -> str:
         loss_ax.set_ylabel("train loss")
         acc_ax.set_ylabel("val accuracy (%)")
         acc_ax.set_xlabel("epoch (w: warm-up)")
-        step = max(1, len(xs) // 20)
+        step = max(1, -(-len(xs) // 12))  # at most 12 labels: a 40-epoch curve's labels would overlap
         ticks = [("w" if c["phase"] == "warmup" else "") + str(c["epoch"]) for c in curve]
         acc_ax.set_xticks(xs[::step], ticks[::step])
         acc_ax.legend(loc="lower right", fontsize=8)
@@ -198,5 +198,6 @@ def latency_svg(rows: Sequence[dict]) -> str:
         ax.set_yticks(ys, names)
         ax.set_xlim(left=0)
         ax.set_xlabel("latency, batch 1 (ms)")
-        ax.legend(loc="lower right", fontsize=8, ncols=4)
+        # above the plot, not in it: inside, it hides whichever row's dots fall in its corner
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=4, frameon=False)
         return _svg(fig, "latency", "latency percentiles per artifact")

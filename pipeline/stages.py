@@ -172,7 +172,8 @@ _STAGES = (
           tools=("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"), dataset=True),
     Stage("quantize", _quantize, _quantize_config, reads={"export": ("onnx",)},
           tools=("onnx", *build_tools(), "numpy"), dataset=True),
-    Stage("verify", _verify, lambda cfg: {"verify": cfg.verify.model_dump(mode="json")},
+    # results_format: 2 added each image's predictions; a build from before reruns verify once
+    Stage("verify", _verify, lambda cfg: {"verify": cfg.verify.model_dump(mode="json"), "results_format": 2},
           reads={"finetune": ("checkpoint",), "quantize": ALL},
           tools=("torch", "timm", *runtime_packages(), "numpy"), dataset=True, machine=True),
     # the gallery: verify's per-image answers, and the float model's Grad-CAM on the test images

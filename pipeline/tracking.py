@@ -12,15 +12,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
 from pathlib import Path
 
 from edgepipe.core.console import console
-from edgepipe.core.errors import ConfigError
+from edgepipe.core.errors import ConfigError, EdgepipeError
 from edgepipe.core.files import write_json
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.manifest import Manifest, package_version
 
 MAX_PARAM = 500  # MLflow's limit on a parameter's value, in characters
+
+
+class TrackingError(EdgepipeError):
+    """MLflow refused to log (server down, bad URI, full disk): the environment's problem, exit 2."""
 
 
 def require_mlflow(cfg: BuildConfig) -> None:
@@ -79,20 +84,38 @@ def run_track(cfg: BuildConfig, manifest: Manifest) -> None:
         manifest.record_stage("track", {}, {"mlflow": None})
         return
     require_mlflow(cfg)
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     report = manifest.read_json("report", "report_json")
-    uri = _store(cfg.tracking.mlflow)
-    client = MlflowClient(tracking_uri=uri)
+    uri = cfg.tracking.mlflow
     experiment = cfg.tracking.experiment or cfg.name
-    exp_id = _experiment(client, experiment, uri)
+    try:
+        client = MlflowClient(tracking_uri=_store(uri))
+        exp_id = _experiment(client, experiment, uri)
+    except Exception as e:
+        raise TrackingError(f"MLflow at {uri} refused experiment '{experiment}': {type(e).__name__}: {e}".splitlines()[0],
+                            "check tracking.mlflow (a folder, sqlite:///file.db or a server URI) and rerun "
+                            "`edgepipe build`: only the track stage reruns") from e
     tags = {"edgepipe.version": package_version("edgepipe") or "unknown", "edgepipe.config_sha256": report["config_sha256"],
             "edgepipe.passed": str(report["passed"]).lower(), "edgepipe.output_dir": str(cfg.output_dir)}
+    try:
+        run_id = _log(client, exp_id, cfg, manifest, report, tags)
+    except Exception as e:  # a server down, a full disk, a store of another MLflow version: not a bug here
+        raise TrackingError(f"MLflow could not log this build to {uri}: {type(e).__name__}: {e}".splitlines()[0],
+                            "check tracking.mlflow (or remove the section) and rerun `edgepipe build`: only the "
+                            "track stage reruns; report.json and its gates are already written") from e
+    write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id})
+    manifest.record_stage("track", {"run": out}, {"mlflow_run": run_id})
+    console.print(f"MLflow: run {run_id} in experiment '{experiment}' at {uri}")
+
+
+def _log(client, exp_id: str, cfg: BuildConfig, manifest: Manifest, report: dict, tags: dict) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
     run = client.create_run(exp_id, run_name=f"{cfg.name} {report['created']}", tags=tags)
     run_id = run.info.run_id
     try:
-        stamp = 0
+        stamp = int(time.time() * 1000)
         metrics = [Metric(k, v, stamp, 0) for k, v in artifact_metrics(report).items()]
         curve = json.loads(manifest.output("finetune", "curve").read_text())
         for step, point in enumerate(curve):  # one step per epoch, warm-up first
@@ -109,6 +132,4 @@ def run_track(cfg: BuildConfig, manifest: Manifest) -> None:
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
-    write_json(out, {"tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id, "run_id": run_id})
-    manifest.record_stage("track", {"run": out}, {"mlflow_run": run_id})
-    console.print(f"MLflow: run {run_id} in experiment '{experiment}' at {uri}")
+    return run_id

@@ -110,6 +110,8 @@ def _review_in_chromium(out, report, broken):
             with browser.render(chromium, out / "report.html", browser.artifact_path(shot), viewport) as shown:
                 page = shown.page
                 assert not shown.errors, shown.errors
+                # nothing widens the page beyond the screen (wide tables scroll inside their own box)
+                assert page.evaluate("document.documentElement.scrollWidth") <= viewport.width
                 assert "min_agreement" in page.locator("#verdict").inner_text()
                 assert page.locator("#tradeoff svg").count() == 1 and page.locator("#training svg").count() == 1
                 assert page.locator("#latency svg").count() == 1

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from edgepipe.cli import cli
 from edgepipe.pipeline.compare import compare
-from tests.pipeline.reports import dropped, synthetic_report
+from tests.pipeline.reports import dropped, synthetic_report, with_predictions
 
 
 def _write(path, report):
@@ -101,7 +101,7 @@ def test_a_failed_artifact_and_a_slower_one(old, tmp_path):
     int8 |= {"status": "failed", "reason": "could not run: boom"}
     path = _write(tmp_path / "v2" / "report.json", new)
     result = diff(old, path)
-    assert result.exit_code == 3 and "onnxruntime-int8: ran in OLD, failed: could not run: boom in NEW" in result.output
+    assert result.exit_code == 3 and "onnxruntime-int8: ran in OLD; in NEW failed: could not run: boom" in result.output
     assert "x3.00" in result.output and "onnxruntime-fp32: p50" not in result.output  # latency is opt-in
     slower = diff(old, path, "--max-latency-increase", "0.5")
     assert "onnxruntime-fp32: p50 latency x3.00 (limit x1.50)" in slower.output
@@ -121,3 +121,51 @@ def test_compare_per_class_recall_on_the_same_split():
     changed = {k: v for k, v in int8.recall_delta.items() if v}
     assert changed and all(v < 0 for v in changed.values())
     assert c.split == "same" and not c.unchanged()
+
+
+def test_the_same_images_in_another_order_are_the_same_split(old, tmp_path):
+    report = synthetic_report()
+    order = list(range(len(report["test_set"])))[::-1]
+    shuffled = copy.deepcopy(report)
+    shuffled["test_set"] = [report["test_set"][i] for i in order]
+    for r in shuffled["rows"]:
+        r["predictions"] = [r["predictions"][i] for i in order]
+        r["confidence"] = [r["confidence"][i] for i in order]
+    result = diff(old, _write(tmp_path / "v2" / "report.json", shuffled))
+    assert result.exit_code == 0 and "**no change**" in result.output, result.output
+
+
+def test_a_renamed_artifact_and_one_that_now_fails_to_build_are_listed(old, tmp_path):
+    new = copy.deepcopy(synthetic_report())
+    next(r for r in new["rows"] if r["name"] == "onnxruntime-int8")["name"] = "ort-int8"
+    new["rows"].append({"name": "openvino-int8", "target": "openvino", "precision": "int8", "status": "failed",
+                        "reason": "nncf crashed", "proxy": None, "details": {}, "size_bytes": 0})
+    result = diff(old, _write(tmp_path / "v2" / "report.json", new))
+    assert result.exit_code == 3
+    assert "onnxruntime-int8: ran in OLD, not in NEW (renamed, or its target left the config)" in result.output
+    assert "| ort-int8 | new |" in result.output and "| openvino-int8 | new, not running (failed: nncf crashed) |" in result.output
+
+
+def test_per_class_recall_is_compared_on_the_common_images_too(old, tmp_path):
+    other = dropped(synthetic_report(), "onnxruntime-int8", 2)
+    for t in other["test_set"][80:]:
+        t["id"] = "other/" + t["id"]
+    c = compare(synthetic_report(), other, allow_common=True)
+    int8 = next(a for a in c.artifacts if a.name == "onnxruntime-int8")
+    assert c.split == "common" and set(int8.recall_delta) == {"ok", "crack", "finger"}
+    assert sum(v < 0 for v in int8.recall_delta.values() if v is not None) >= 1
+
+
+def test_hostile_names_are_escaped_in_the_html_and_the_page_never_replaces_an_input(old, tmp_path):
+    evil = synthetic_report()
+    evil["test_set"][0]["id"] = "<img src=x onerror=alert(1)>.png"
+    pred = list(next(r for r in evil["rows"] if r["name"] == "onnxruntime-int8")["predictions"])
+    pred[0] = (pred[0] + 1) % 3  # image 0's prediction changes: it is listed by its hostile id
+    evil_old = _write(tmp_path / "v1e" / "report.json", evil)
+    html = tmp_path / "d.html"
+    new = _write(tmp_path / "v2" / "report.json", with_predictions(evil, "onnxruntime-int8", pred))
+    assert diff(evil_old, new, "--html", html).exit_code == 0
+    page = html.read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.png" in page
+    refused = diff(old, tmp_path / "v2" / "report.json", "--html", tmp_path / "v2" / "report.json")
+    assert refused.exit_code == 2 and "one of the reports compared" in refused.output

@@ -185,6 +185,6 @@ def test_a_bad_gallery_record_is_refused_with_the_command_that_rewrites_it(build
     bad["entries"][0]["float"]["confidence"] = 1.5
     with pytest.raises(MissingArtifactError, match=r"entries\.0\.float\.confidence") as e:
         checked(Gallery, bad, "explain/gallery.json")
-    assert e.value.fix == "rerun `edgepipe build --force explain` to rewrite it"
+    assert e.value.fix == "rerun `edgepipe explain` (or `edgepipe build`) to rewrite it"
     with pytest.raises(MissingArtifactError, match="has schema 'edgepipe-explain/2'"):
         checked(Gallery, {**good, "schema": "edgepipe-explain/2"}, "explain/gallery.json")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from edgepipe.pipeline.tracking import artifact_metrics, flat_params
-from tests.pipeline.conftest import build, manifest, ran
+from tests.pipeline.conftest import build, manifest
 from tests.pipeline.reports import synthetic_report
 
 
@@ -23,9 +23,11 @@ def _runs(uri: str):
 @pytest.mark.parametrize("store", ["mlruns", "sqlite:///mlflow.db"])
 def test_a_build_logs_one_run_per_new_report(project, store):
     root, configure = project
+    assert build(configure()).exit_code == 0  # settled in this folder (the copy moved its paths)
     result = build(configure(tracking={"mlflow": store}))
     assert result.exit_code == 0, result.output
-    assert ran(root) == ["report"] and "track" in manifest(root)["last_run"]["ran"]
+    # only the track stage ran: where runs are logged does not rewrite the report or the bundles
+    assert manifest(root)["last_run"]["ran"] == ["track"]
     uri = str(root / "mlruns") if store == "mlruns" else f"sqlite:///{root / 'mlflow.db'}"
     client, runs = _runs(uri)
     assert len(runs) == 1
@@ -40,7 +42,7 @@ def test_a_build_logs_one_run_per_new_report(project, store):
     history = client.get_metric_history(run.info.run_id, "train.val_accuracy")
     assert [m.value for m in history] == pytest.approx([c["val_accuracy"] for c in curve])
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.json", "report.md"} <= logged
+    assert {"report.json", "report.md", "report.html"} <= logged
     recorded = json.loads((root / "out" / "tracking" / "mlflow.json").read_text())
     assert recorded["run_id"] == run.info.run_id
     # nothing changed: no second run
@@ -72,3 +74,17 @@ def test_params_and_metrics_are_flat_and_within_mlflow_limits():
     metrics = artifact_metrics(synthetic_report())
     assert metrics["onnxruntime-int8.accuracy"] == pytest.approx(0.87)
     assert metrics["torch-fp32.latency_p50_ms"] == 10.0 and metrics["failed_gates"] == 0
+
+
+def test_a_store_mlflow_cannot_write_is_exit_2_with_the_fix_and_the_report_kept(project):
+    root, configure = project
+    (root / "blocker").write_text("a file where the store's folder should be")
+    assert build(configure()).exit_code == 0  # settled in this folder (the copy moved its paths)
+    report = (root / "out" / "report.json").read_bytes()
+    result = build(configure(tracking={"mlflow": "blocker"}))
+    assert result.exit_code == 2, result.output
+    assert "MLflow" in result.output and "rerun `edgepipe build`" in result.output
+    assert (root / "out" / "report.json").read_bytes() == report
+    # the track stage keeps its previous record (no tracking), so the next build tries again
+    assert manifest(root)["stages"]["track"]["metrics"] == {"mlflow": None}
+    assert build(root / "build.yaml").exit_code == 2
