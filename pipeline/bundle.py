@@ -12,6 +12,10 @@ bundle even where it is missing here; bundle.json says whether its accuracy was 
 proxy or not at all.
 Each folder and archive appears under its final name only when complete (temp + rename), and
 dist/<name>/ holds only this build's bundles: a stale one from an earlier build is removed.
+Each bundle also holds reference.json, its drift reference (the reference stage's output, see
+pipeline/drift_reference.py: the val and test images' statistics and the artifact's own confidences
+on them), listed and hashed in bundle.json like the model, so the integrity check and the signature
+cover it; `edgepipe monitor` reads it.
 With a signing key (`--sign KEY`, an Ed25519 PEM private key) each bundle also gets bundle.sig
 (runtime/signing.py), written before the rename and so inside the archive too; the key is
 checked before any bundle is written, so a bad key leaves the previous bundles as they were.
@@ -46,6 +50,7 @@ from edgepipe.runtime.bundle import (
     seal,
     validate_meta,
 )
+from edgepipe.runtime.reference import REFERENCE_FILE
 from edgepipe.targets import get_target
 from edgepipe.targets.base import Artifact
 from edgepipe.targets.builder import Target
@@ -117,17 +122,24 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bundle(final: Path, files: list[Path], meta: dict, sign_key=None) -> Path:
-    """Copy files into a temp folder, hash the copies into bundle.json (sealed with the digest of its
-    own content), sign it when sign_key (an Ed25519PrivateKey) is given, then rename into place."""
+def write_bundle(final: Path, files: list[Path], meta: dict, sign_key=None,
+                 generated: dict[str, bytes] | None = None) -> Path:
+    """Copy files (and write `generated`: name -> content) into a temp folder, hash them all into
+    bundle.json (sealed with the digest of its own content), sign it when sign_key (an
+    Ed25519PrivateKey) is given, then rename into place."""
     tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         for f in files:
             shutil.copy2(f, tmp / f.name)  # copy2 keeps build_engine.sh executable
+        for name, content in (generated or {}).items():
+            if (tmp / name).exists():
+                raise ValueError(f"bundle file {name} would be written twice")
+            (tmp / name).write_bytes(content)
+        names = sorted({f.name for f in files} | set(generated or {}))
         # through JSON first: the digest must be of what the device will parse (no int keys, no tuples)
-        meta = json.loads(json.dumps({**meta, "files": {f.name: file_entry(tmp / f.name) for f in sorted(files)}}))
+        meta = json.loads(json.dumps({**meta, "files": {name: file_entry(tmp / name) for name in names}}))
         meta = seal(meta)
         validate_meta(meta)  # never write a bundle the device's loader would refuse
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=2) + "\n")
@@ -181,6 +193,13 @@ def _check_order(manifest: Manifest) -> None:
                                        "rerun `edgepipe verify` (or `edgepipe build`) before bundling")
 
 
+def _reference(manifest: Manifest, a: Artifact) -> dict[str, bytes]:
+    """{"reference.json": content} from the reference stage, or {} for a build without one."""
+    if a.name not in manifest.data["stages"].get("reference", {}).get("outputs", {}):
+        return {}
+    return {REFERENCE_FILE: manifest.output("reference", a.name).read_bytes()}
+
+
 def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = None) -> list[Path]:
     t0 = time.perf_counter()
     signing = signer = None
@@ -212,7 +231,7 @@ def run_bundle(cfg: BuildConfig, manifest: Manifest, sign_key: Path | None = Non
         # A release key vouches for bundles that passed their gates: a failed one is written unsigned,
         # so a device that trusts only signed bundles never runs it.
         sign_this = signing if meta["gates"]["passed"] is not False else None
-        folder = write_bundle(dist / key, files, meta, sign_key=sign_this)
+        folder = write_bundle(dist / key, files, meta, sign_key=sign_this, generated=_reference(manifest, a))
         keep.add(key)
         entry = {"artifact": key, "path": str(folder), "verified": meta["verified"]["how"],
                  "gates_passed": meta["gates"]["passed"], "signed_by": signer if sign_this is not None else None}

@@ -50,6 +50,8 @@ class DatasetConfig(_Section):
     root: Path | None = Field(None, description="imagefolder: root/<class>/*.png; csv: base of relative paths")
     csv: Path | None = Field(None, description="csv source: a file with `path` and `label` columns")
     defect_threshold: float = Field(0.5, gt=0, le=1, description="elpv: defect probability that counts as defective")
+    elpv_cells: Literal["all", "mono", "poly"] = Field(
+        "all", description="elpv: every cell, or only mono- or polycrystalline ones (a domain shift to test on)")
     limit: int | None = Field(None, ge=8, description="use a stratified subset of this many images (quick runs)")
     split: SplitConfig = SplitConfig()
     on_bad_image: Literal["fail", "skip"] = "fail"
@@ -68,6 +70,8 @@ class DatasetConfig(_Section):
             raise ValueError("dataset.source 'csv' needs dataset.csv (a file with path,label columns)")
         if self.source == "elpv" and (self.root is not None or self.csv is not None):
             raise ValueError("dataset.source 'elpv' is built in: remove dataset.root / dataset.csv")
+        if self.source != "elpv" and self.elpv_cells != "all":
+            raise ValueError("dataset.elpv_cells selects cells of the built-in elpv dataset only: remove it")
         return self
 
 

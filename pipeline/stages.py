@@ -122,6 +122,13 @@ def _explain(r: StageRun) -> int:
     return 0
 
 
+def _reference(r: StageRun) -> int:
+    from edgepipe.pipeline.drift_reference import run_reference
+
+    run_reference(r.cfg, r.data(), r.manifest)
+    return 0
+
+
 def _report(r: StageRun) -> int:
     from edgepipe.pipeline.records import read_results
     from edgepipe.pipeline.report import run_report
@@ -180,6 +187,10 @@ _STAGES = (
     Stage("explain", _explain, lambda cfg: {"report": cfg.report.model_dump(mode="json")},
           reads={"finetune": ("checkpoint",), "verify": ("results",)},
           tools=("torch", "timm", "captum", "matplotlib", "numpy", "pillow"), dataset=True),
+    # the bundles' drift references: each artifact run on the val + test images (runtime/reference.py)
+    Stage("reference", _reference,
+          lambda cfg: {"threads": cfg.verify.threads, "batch": cfg.verify.throughput_batch, "format": 1},
+          reads={"export": ("onnx",), "quantize": ALL}, tools=(*runtime_packages(), "numpy", "pillow"), dataset=True),
     # report.json carries the config hash, and the report is cheap: any config change reruns it
     # report.html shows the training curve, the calibration set and the gallery too
     Stage("report", _report, _report_config,
@@ -188,7 +199,8 @@ _STAGES = (
           dataset=False, replay=_replay_report, precheck=_check_baseline),
     Stage("bundle", _bundle,
           lambda cfg: {"name": cfg.name, "bundle": cfg.bundle.model_dump(mode="json")},
-          reads={"export": ("onnx",), "quantize": ALL, "verify": ("results",), "report": ("report_json",)},
+          reads={"export": ("onnx",), "quantize": ALL, "verify": ("results",), "reference": ALL,
+                 "report": ("report_json",)},
           tools=TOOLS, dataset=True, writes_bundles=True),  # bundle.json records every tool version
     # MLflow, when the config has a tracking section: one run per new report
     Stage("track", _track, lambda cfg: {"tracking": None if cfg.tracking is None else cfg.tracking.model_dump(mode="json")},

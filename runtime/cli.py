@@ -1,4 +1,4 @@
-"""Field-unit commands: predict, bench, check, engine. They load a bundle, never a build config,
+"""Field-unit commands: predict, bench, check, monitor, engine. They load a bundle, never a build config,
 and import their backend only when they run, so `edgepipe --help` works on a bare device."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _warn_if_gates_failed(bundle) -> None:
 
 
 def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads: int | None, batch: int,
-             proxy: bool, trust: tuple[Path, ...] = ()) -> None:
+             proxy: bool, trust: tuple[Path, ...] = (), telemetry: Path | None = None) -> None:
     import numpy as np
 
     from edgepipe.core.console import console
@@ -44,11 +44,13 @@ def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads:
         raise EdgepipeError(f"no images in {', '.join(images)}", "pass image files or folders holding .png / .jpg images")
     if jsonl is not None:
         refuse_output_over_input(jsonl, images, paths)  # before the bundle loads and the file is truncated
+    if telemetry is not None:
+        _refuse_telemetry_output(telemetry, jsonl)
     ok = failed = 0
     checked = load_bundle(bundle, trusted_keys=trust or None)  # files, digest and (with --trust) signature
     sink = LineSink(jsonl)
     try:
-        with Predictor(checked, threads=threads, batch_size=batch, proxy=proxy) as p:
+        with Predictor(checked, threads=threads, batch_size=batch, proxy=proxy, telemetry=telemetry) as p:
             sink.begin()
             _warn_if_gates_failed(p.bundle)
             for i in range(0, len(paths), p.batch_size):
@@ -72,8 +74,24 @@ def _predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, threads:
     finally:
         sink.close()
     console.print(f"{ok} image(s) predicted, {failed} unreadable" + (f"; lines in {jsonl}" if jsonl else ""))
+    if telemetry is not None:
+        log = p.telemetry
+        console.print(f"telemetry: {log.written} record(s) appended to {telemetry}"
+                      + (f"; [bold yellow]{log.dropped} dropped: {log.error}" if log.dropped else ""))
     if not ok:
         raise EdgepipeError(f"none of the {failed} image(s) could be read", "see the error lines")
+
+
+def _refuse_telemetry_output(telemetry: Path, jsonl: Path | None) -> None:
+    """--telemetry appends (and rotates) only a telemetry log: never a config, image or key, nor --jsonl."""
+    import os
+
+    from edgepipe.core.errors import EdgepipeError
+    from edgepipe.runtime.telemetry import refuse_foreign_telemetry
+
+    if jsonl is not None and os.path.realpath(telemetry) == os.path.realpath(jsonl):
+        raise EdgepipeError(f"--telemetry {telemetry} is also --jsonl", "give the telemetry log its own file")
+    refuse_foreign_telemetry(telemetry, option="--telemetry")
 
 
 def _print_bench(r: dict) -> None:
@@ -122,16 +140,19 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     @click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path),
                   help="write the JSON lines to this file (fsynced per line) instead of stdout")
     @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="images per inference")
+    @click.option("--telemetry", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                  help="append one record per prediction to this log for `edgepipe monitor` (class, confidence, "
+                       "image statistics; no path or pixels); rotated at 16 MiB, 3 old files kept")
     @THREADS
     @PROXY
     @TRUST
     @guard
-    def predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, batch: int, threads: int | None,
-                proxy: bool, trust: tuple[Path, ...]) -> None:
+    def predict(bundle: Path, images: tuple[str, ...], jsonl: Path | None, batch: int, telemetry: Path | None,
+                threads: int | None, proxy: bool, trust: tuple[Path, ...]) -> None:
         """Predict IMAGES (files or folders) with BUNDLE: one JSON line per image, written as it goes.
 
         Unreadable images get an {"path", "error"} line and the run continues."""
-        _predict(bundle, images, jsonl, threads, batch, proxy, trust)
+        _predict(bundle, images, jsonl, threads, batch, proxy, trust, telemetry)
 
     @cli.command()
     @BUNDLE
@@ -199,6 +220,27 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
         if min_accuracy is not None and result["accuracy"] < min_accuracy:
             raise CheckFailed(f"accuracy {result['accuracy']:.2%} is below --min-accuracy {min_accuracy:.2%}",
                               "look for a preprocessing or labelling mismatch before blaming quantization")
+
+    @cli.command()
+    @BUNDLE
+    @click.argument("telemetry", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--window", type=click.IntRange(min=1), default=200, show_default=True,
+                  help="compare the last N predictions (at least 30)")
+    @click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")
+    @TRUST
+    @guard
+    def monitor(bundle: Path, telemetry: Path, window: int, as_json: bool, trust: tuple[Path, ...]) -> None:
+        """Drift: the last predictions in TELEMETRY (`predict --telemetry`) against BUNDLE's drift reference.
+
+        Prints a table per signal and `ok` or `drift: retrain recommended (signals: ...)`.
+        Exit 0: ok, 3: drift, 2: bad input. Runs no model."""
+        import sys
+
+        from edgepipe.core.errors import CheckFailed
+        from edgepipe.runtime.monitor import run_monitor
+
+        if run_monitor(bundle, telemetry, window, as_json, trust).drift:
+            sys.exit(CheckFailed.exit_code)
 
     @cli.command()
     @click.argument("private_path", type=click.Path(dir_okay=False, path_type=Path))

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from edgepipe.core.errors import BackendMissing, BundleError, ImageError
 from edgepipe.core.preprocess import DECODE_ERRORS, UnreadableFile, decode_image, from_array, read_image_bytes
 from edgepipe.runtime.bundle import Bundle, load_bundle
+from edgepipe.runtime.telemetry import TelemetryLog
 from edgepipe.targets.base import Artifact, Runner
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -102,17 +103,29 @@ class Predictor:
     trusted_key: a public key (PEM file path, PEM or raw bytes, Ed25519PublicKey) or a list of
     them (key rotation): the bundle must then be signed by one of them (runtime/signing.py), else
     BundleError. A Bundle passed in is checked again from its folder when trusted_key is given.
+
+    telemetry: a file path (a TelemetryLog with its defaults, closed with the Predictor) or a
+    TelemetryLog (the caller closes it): every prediction appends one record (runtime/telemetry.py:
+    time, class, confidence, margin and the image's statistics; nothing that identifies the image).
     """
 
     def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, batch_size: int = 8,
-                 proxy: bool = False, trusted_key=None):
+                 proxy: bool = False, trusted_key=None, telemetry: str | Path | TelemetryLog | None = None):
+        self.telemetry, self._own_telemetry = None, False
         if isinstance(bundle, Bundle) and trusted_key is None:
             self.bundle = bundle
         else:
             self.bundle = load_bundle(bundle.root if isinstance(bundle, Bundle) else bundle, trusted_keys=trusted_key)
         self.spec, self.labels = self.bundle.spec, self.bundle.labels
         self.threads = threads or self.bundle.method("threads", 2)
-        self.runner = make_runner(self.bundle, self.threads, proxy).activate()
+        if telemetry is not None:  # opened before the runner: a bad path fails with nothing to release
+            self._own_telemetry = not isinstance(telemetry, TelemetryLog)
+            self.telemetry = TelemetryLog(telemetry) if self._own_telemetry else telemetry
+        try:
+            self.runner = make_runner(self.bundle, self.threads, proxy).activate()
+        except BaseException:
+            self._close_telemetry()
+            raise
         self.batch_size = max(1, min(batch_size, self.runner.max_batch or batch_size))
         # One inference at load: a bundle whose model does not fit its labels fails here, not mid-run.
         try:
@@ -152,6 +165,8 @@ class Predictor:
             chunk = rgb8[i:i + self.batch_size]
             probs = softmax(self.runner.infer(self.spec.normalize(chunk)))
             ms = self.runner.inference_time * 1e3
+            if self.telemetry is not None:
+                self.telemetry.log(self.bundle.meta, self.labels, probs, chunk)
             for j, p in enumerate(probs):
                 k = int(p.argmax())
                 out.append(Prediction(self.labels[k], k, {c: float(v) for c, v in zip(self.labels, p)}, ms,
@@ -169,7 +184,14 @@ class Predictor:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
-        self.runner.deactivate()
+        try:
+            self.runner.deactivate()
+        finally:
+            self._close_telemetry()
+
+    def _close_telemetry(self) -> None:
+        if self._own_telemetry and self.telemetry is not None:
+            self.telemetry.close()
 
     def __enter__(self) -> Predictor:
         return self

@@ -17,6 +17,7 @@ from edgepipe.calibration import load_calibration_set
 from edgepipe.core.files import write_json
 from edgepipe.core.metrics import machine_info
 from edgepipe.pipeline.config import BuildConfig, VerifyConfig
+from edgepipe.pipeline.data import PreparedData, Split
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.report import run_report
 from edgepipe.pipeline.verify import REFERENCE, _row, measure
@@ -62,8 +63,21 @@ def _verify(cfg: BuildConfig, artifacts: list[Artifact], rgb8: np.ndarray, label
             "throughput_batch": vcfg.throughput_batch, "timing": "wall clock around runner.infer"}, "rows": rows}
 
 
+def _tiny_data(rgb8: np.ndarray, labels: np.ndarray) -> PreparedData:
+    """The dataset the reference stage reads: the 64 test images, half of them as val."""
+    n = len(labels)
+    split = Split(train=np.arange(n), val=np.arange(n // 2), test=np.arange(n // 2, n))
+    return PreparedData(CLASSES, [], rgb8, labels, split, TINY_SPEC, "0" * 64, "1" * 64)
+
+
+def tiny_data() -> PreparedData:
+    """The tiny build's dataset, for a test that runs the bundle stage again."""
+    return _tiny_data(*_images(64, seed=2))
+
+
 def make_tiny_build(tiny: dict, root: Path) -> tuple[BuildConfig, Manifest]:
     from edgepipe.pipeline.bundle import run_bundle
+    from edgepipe.pipeline.drift_reference import run_reference
 
     cfg = BuildConfig(name="tiny", output_dir=root / "build", model={"image_size": 32}, targets=TARGETS,
                       verify=VerifyConfig(threads=1, warmup=1, runs=5, throughput_batch=8),
@@ -87,6 +101,7 @@ def make_tiny_build(tiny: dict, root: Path) -> tuple[BuildConfig, Manifest]:
     results = _verify(cfg, artifacts, rgb8, labels, tiny["reference"])
     manifest.record_stage("verify", {"results": write_json(cfg.output_dir / "verify" / "results.json", results)}, {})
     run_report(cfg, results, manifest)
+    run_reference(cfg, tiny_data(), manifest)
     run_bundle(cfg, manifest)
     for i, (img, y) in enumerate(zip(rgb8, labels)):
         path = root / "test-images" / CLASSES[y] / f"{i:03d}.png"

@@ -49,7 +49,7 @@ def test_files_are_listed_with_their_sha256_and_nothing_else_is_shipped(tiny_bui
             assert {p.name for p in folder.iterdir()} == set(meta["files"]) | {"bundle.json"}
             for name, entry in meta["files"].items():
                 assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == entry["sha256"]
-    assert set(_meta(tiny_build, "openvino-fp32")["files"]) == {"model.xml", "model.bin"}
+    assert set(_meta(tiny_build, "openvino-fp32")["files"]) == {"model.xml", "model.bin", "reference.json"}
 
 
 def test_tensorrt_bundles_go_to_the_device_with_how_they_were_verified(tiny_build):
@@ -71,7 +71,8 @@ def test_archive_is_the_bundle_under_one_folder_and_its_sha256_file_matches(tiny
     assert name == archive.name and digest == hashlib.sha256(archive.read_bytes()).hexdigest()
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == ["tiny-openvino-fp32", "tiny-openvino-fp32/bundle.json",
-                                          "tiny-openvino-fp32/model.bin", "tiny-openvino-fp32/model.xml"]
+                                          "tiny-openvino-fp32/model.bin", "tiny-openvino-fp32/model.xml",
+                                          "tiny-openvino-fp32/reference.json"]
         tar.extractall(tmp_path, filter="data")
     assert load_bundle(tmp_path / "tiny-openvino-fp32").target == "openvino"
 
@@ -85,7 +86,7 @@ def test_rerun_replaces_bundles_and_removes_stale_ones(tiny_build):
     (dist / "notes.txt").write_text("the user's own file")
     before = _meta(tiny_build, "onnxruntime-fp32")
     manifest = Manifest(tiny_build["manifest"].out_dir, copy.deepcopy(tiny_build["manifest"].data))
-    run_bundle(cfg, manifest)
+    run_bundle(cfg, manifest)  # the recorded drift references: no dataset, no model run
     assert not stale.exists() and not (dist / "tiny-onnxruntime-fp16.tar.gz").exists()
     assert (dist / "notes.txt").exists()
     assert _meta(tiny_build, "onnxruntime-fp32")["files"] == before["files"]

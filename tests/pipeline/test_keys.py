@@ -7,7 +7,7 @@ from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.keys import stage_inputs, stage_key
 from edgepipe.pipeline.manifest import Manifest
 
-CORE = ("finetune", "export", "quantize", "verify", "explain", "report")
+CORE = ("finetune", "export", "quantize", "verify", "explain", "reference", "report")
 BASE = {"name": "k", "targets": [{"name": "onnxruntime"}, {"name": "openvino"}]}
 
 
@@ -17,7 +17,7 @@ def recorded(tmp_path):
     manifest = Manifest.open(BuildConfig(name="k", output_dir=tmp_path / "out"))
     for stage, names in (("finetune", ("checkpoint", "curve", "metrics")), ("export", ("onnx",)),
                          ("quantize", ("calibration",)), ("verify", ("results",)), ("explain", ("gallery",)),
-                         ("report", ("report_json",))):
+                         ("reference", ("onnxruntime-int8",)), ("report", ("report_json",))):
         outputs = {name: tmp_path / "out" / stage / name for name in names}
         for name, path in outputs.items():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,8 @@ def rerun(manifest, **changes) -> set[str]:
     ({"fallback": {"max_float_layers": 2}}, {"quantize", "report"}),
     ({"targets": [{"name": "onnxruntime", "calibration_method": "entropy"}, {"name": "openvino"}]}, {"quantize", "report"}),
     ({"verify": {"runs": 50}}, {"verify", "report"}),
-    ({"verify": {"threads": 1}}, {"quantize", "verify", "report"}),  # the fallback times candidates with them
+    # the fallback times candidates with them; the drift references run the artifacts with them
+    ({"verify": {"threads": 1}}, {"quantize", "verify", "reference", "report"}),
     ({"export": {"opset": 17}}, {"export", "report"}),
     ({"finetune": {"epochs": 1}}, {"finetune", "report"}),
     ({"model": {"image_size": 160}}, {"finetune", "export", "report"}),
@@ -59,7 +60,8 @@ def test_a_config_change_reruns_the_stages_that_read_it(recorded, changes, stage
 
 def test_new_dataset_files_rerun_every_stage_that_reads_images(recorded):
     before, after = keys(recorded), keys(recorded, dataset="e" * 64)
-    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "export", "quantize", "verify", "explain"}
+    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "export", "quantize", "verify", "explain",
+                                                          "reference"}
 
 
 def test_a_new_upstream_output_reruns_its_readers_only(recorded):
@@ -75,7 +77,7 @@ def test_a_new_upstream_output_reruns_its_readers_only(recorded):
 
 
 @pytest.mark.parametrize("package, stages", [
-    ("openvino", {"quantize", "verify"}),
+    ("openvino", {"quantize", "verify", "reference"}),
     ("onnxslim", {"export"}),
     ("timm", {"finetune", "verify", "explain"}),
     ("captum", {"explain"}),

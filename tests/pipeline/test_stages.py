@@ -10,7 +10,8 @@ PIPELINE = Path(__file__).parents[2] / "pipeline"
 
 
 def test_the_pipeline_order_and_every_stage_reads_only_earlier_ones():
-    assert STAGES == ("finetune", "export", "quantize", "verify", "explain", "report", "bundle", "track")
+    assert STAGES == ("finetune", "export", "quantize", "verify", "explain", "reference", "report", "bundle",
+                      "track")
     for i, name in enumerate(STAGES):
         stage = REGISTRY[name]
         assert stage.name == name and callable(stage.run) and callable(stage.config)

