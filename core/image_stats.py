@@ -15,6 +15,8 @@ STATS = ("mean", "std", "p05", "p50", "p95", "sharpness")  # the order of image_
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 GRID = 56  # pixels per side the statistics are taken on
+# The grid telemetry and the drift reference round each signal to, so both sides compare on one grid
+DECIMALS = {"confidence": 6, "margin": 6, **{s: 2 for s in STATS}, "sharpness": 1}
 _Q = np.array([5, 50, 95]) / 100  # the percentiles' quantiles, as np.percentile computes them
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepipe.core.errors import ConfigError
-from edgepipe.pipeline.compare import LoadedReport, compare, load_report
+from edgepipe.pipeline.compare import LoadedReport, compare, load_report, report_file
 from edgepipe.pipeline.config import BaselineConfig, BuildConfig
 
 
@@ -31,7 +31,7 @@ def load_baseline(cfg: BuildConfig) -> LoadedReport | None:
     if cfg.gates.baseline is None:
         return None
     where = cfg.gates.baseline.report
-    target = where / "report.json" if where.is_dir() else where
+    target = report_file(where)
     if target.resolve().is_relative_to(cfg.output_dir.resolve()):
         raise ConfigError(f"the baseline {where} is this build's own output: the report stage rewrites it",
                           f"copy the previous release's report.json outside {cfg.output_dir} (e.g. "

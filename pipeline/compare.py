@@ -26,12 +26,16 @@ class LoadedReport:
     sha256: str
 
 
+def report_file(where: str | Path) -> Path:
+    """The report.json meant by `where`: the file itself, or the one in a build folder."""
+    path = Path(where)
+    return path / "report.json" if path.is_dir() else path
+
+
 def load_report(where: str | Path, role: str = "report") -> LoadedReport:
     """report.json, given as the file or as its build folder; DataError (exit 2) with the fix when
     it is missing, not JSON or not a report this edgepipe reads."""
-    path = Path(where)
-    if path.is_dir():
-        path = path / "report.json"
+    path = report_file(where)
     if not path.is_file():
         raise DataError(f"the {role} {where} is neither a report.json nor a build folder holding one",
                         "pass the report.json a build wrote (OUTPUT_DIR/report.json) or its output folder")

@@ -76,9 +76,9 @@ def _report_config(cfg: BuildConfig) -> dict:
     c = {"sha256": cfg.sha256()}
     if cfg.gates.baseline is not None:  # the baseline's content, not only its path: a new release there reruns it
         from edgepipe.core.files import sha256_file
+        from edgepipe.pipeline.compare import report_file
 
-        where = cfg.gates.baseline.report
-        target = where / "report.json" if where.is_dir() else where
+        target = report_file(cfg.gates.baseline.report)
         c["baseline"] = sha256_file(target) if target.is_file() else "missing"
     return c
 

@@ -21,6 +21,7 @@ from edgepipe.pipeline.config import BuildConfig, VerifyConfig
 from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.records import VERIFY_SCHEMA, VerifyResults, checked
+from edgepipe.runtime.predictor import softmax
 from edgepipe.targets import get_target
 from edgepipe.targets.base import Artifact, Runner
 
@@ -40,9 +41,7 @@ def measure(runner: Runner, rgb8: np.ndarray, spec: PreprocessSpec, vcfg: Verify
 
 def top1_confidence(logits: np.ndarray) -> list[float]:
     """Softmax probability of the top-1 class per image, 4 decimals (what a reviewer reads)."""
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    return [round(float(v), 4) for v in p.max(1)]
+    return [round(float(v), 4) for v in softmax(logits).max(1)]
 
 
 def _row(measured: dict, labels: np.ndarray, classes, reference: np.ndarray, parent_name: str,

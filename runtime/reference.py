@@ -22,13 +22,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgepipe.core.errors import BundleError
-from edgepipe.core.image_stats import STATS, confidence_and_margin
+from edgepipe.core.image_stats import DECIMALS, STATS, confidence_and_margin
 
 REFERENCE_SCHEMA = "edgepipe-reference/1"
 REFERENCE_FILE = "reference.json"
 SIGNALS = ("confidence", "margin", *STATS)  # the continuous signals, telemetry's names
 # decimals kept per signal: probabilities to 1e-6, pixel statistics (0-255) to 1e-2, sharpness to 0.1
-DECIMALS = {"confidence": 6, "margin": 6, **{s: 2 for s in STATS}, "sharpness": 1}
 SPLITS = ("val", "test")
 REBUILD = "rebuild the bundle with this edgepipe (`edgepipe bundle CONFIG` on the build machine)"
 

@@ -50,16 +50,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepipe.core.image_stats import STATS, confidence_and_margin, image_stats
+from edgepipe.core.image_stats import DECIMALS, STATS, confidence_and_margin, image_stats
 
 VERSION = 1
 FIELDS = ("v", "t", "bundle", "target", "precision", "label", "index", "confidence", "margin", "stats")
 MAX_BYTES = 16 * 2**20
 KEEP = 3
 HEAD = b'{"v": 1'  # how every version-1 line starts: the guard's proof that a file is a telemetry log
-# decimals a record keeps: probabilities to 1e-6, intensities (0-255) to 0.01, sharpness to 0.1; the
-# drift reference (runtime/reference.py DECIMALS) rounds the build's values to the same grid
-DECIMALS = {"confidence": 6, "margin": 6, **{s: 2 for s in STATS}, "sharpness": 1}
+# decimals a record keeps (core/image_stats.py DECIMALS, which the drift reference rounds to as well):
+# probabilities to 1e-6, intensities (0-255) to 0.01, sharpness to 0.1
 _SCALE = 10.0 ** np.array([DECIMALS[s] for s in ("confidence", "margin", *STATS)])
 
 
