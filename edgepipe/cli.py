@@ -1,5 +1,6 @@
-"""`edgepipe` command line. Stages run one way: config -> finetune -> export -> quantize -> verify ->
-explain -> report -> bundle -> track; `diff` compares two releases' reports.
+"""`edgepipe` command line. Stages run one way: config -> finetune -> adapt -> export -> quantize ->
+verify -> previous -> explain -> reference -> report -> bundle -> track; `diff` compares two
+releases' reports, `update` builds the next release from the previous one.
 
 Exit codes: 0 success, 2 bad input (config, data, missing artifact), 3 a check failed (export
 parity or a gate), 1 an internal error (a bug: rerun with --debug and report it).
@@ -81,39 +82,57 @@ def _require_build_tools() -> None:
 
 
 def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, baseline: Path | None = None,
-         **options) -> None:
+         adapt: Path | None = None, update: Callable | None = None, **options) -> None:
+    """adapt: --adapt DIR; update: makes `edgepipe update`'s config from the loaded one."""
     _require_build_tools()
     from edgepipe.pipeline.build import run_stages, run_worker_rank
     from edgepipe.pipeline.config import load_config
     from edgepipe.pipeline.distributed import from_env
+    from edgepipe.pipeline.update import resolve_update
 
     ranks = from_env()
     if ranks.enabled and stages != ("finetune",):
         raise EdgepipeError(f"torchrun started {ranks.world} processes: only the fine-tune runs distributed",
                             "torchrun ... -m edgepipe finetune CONFIG, then `edgepipe build CONFIG` on one process "
                             "continues from its checkpoint")
-    if not ranks.main:  # a worker: trains its slice of each batch, writes nothing (rank 0 does)
-        run_worker_rank(load_config(config))
-        return
     cfg = load_config(config)
+    if update is not None:
+        cfg = update(cfg)
+    if adapt is not None:
+        from edgepipe.pipeline.config import AdaptConfig, revalidated
+
+        limit = {} if cfg.adapt is None else {"limit": cfg.adapt.limit}
+        cfg = revalidated(cfg.model_copy(update={"adapt": AdaptConfig(images=adapt.resolve(), **limit)}), "--adapt")
     if baseline is not None:
         from edgepipe.pipeline.baseline import with_baseline
 
         cfg = with_baseline(cfg, baseline)
+    cfg = resolve_update(cfg)  # an update starts from, and is gated against, the previous release
+    if not ranks.main:  # a worker: trains its slice of each batch, writes nothing (rank 0 does)
+        run_worker_rank(cfg)
+        return
     code = run_stages(cfg, stages, junit, **options)
     if code:
         sys.exit(code)
 
 
+FORCE = click.option("--force", "force_from", metavar="STAGE",
+                     help="rerun STAGE and every stage after it even if up to date (finetune: the whole build)")
+ADAPT = click.option("--adapt", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                     help="AdaBN: re-estimate the batch-norm statistics on the unlabelled field images in DIR before "
+                          "export and quantization (the config's adapt section)")
+
+
 @cli.command()
 @CONFIG
 @JUNIT
-@click.option("--force", "force_from", metavar="STAGE",
-              help="rerun STAGE and every stage after it even if up to date (finetune: the whole build)")
+@FORCE
 @BASELINE
+@ADAPT
 @SIGN
 @_guard
-def build(config: str, junit: Path | None, force_from: str | None, baseline: Path | None, sign_key: Path | None) -> None:
+def build(config: str, junit: Path | None, force_from: str | None, baseline: Path | None, adapt: Path | None,
+          sign_key: Path | None) -> None:
     """Run every stage of CONFIG that is not up to date; exit 3 if a gate fails.
 
     A stage is up to date when its inputs (config sections, upstream artifacts, dataset files,
@@ -121,7 +140,38 @@ def build(config: str, junit: Path | None, force_from: str | None, baseline: Pat
     _require_build_tools()  # before the build side is imported: a field unit has none of it
     from edgepipe.pipeline.stages import STAGES
 
-    _run(config, STAGES, junit, baseline, incremental=True, force_from=force_from, sign_key=sign_key)
+    _run(config, STAGES, junit, baseline, adapt, incremental=True, force_from=force_from, sign_key=sign_key)
+
+
+@cli.command()
+@CONFIG
+@click.option("--from", "previous", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="PREVIOUS", help="the previous release's build folder (the output_dir its build wrote)")
+@click.option("--data", "new_data", required=True, type=click.Path(path_type=Path), metavar="NEW",
+              help="the new labelled field images: a folder with one sub-folder per class, or a csv (path,label)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="this release's build folder (default: PREVIOUS-update, never the config's output_dir, "
+                   "which holds an earlier release)")
+@click.option("--name", help="this release's name (default: <the previous release's name>-update)")
+@ADAPT
+@JUNIT
+@FORCE
+@SIGN
+@_guard
+def update(config: str, previous: Path, new_data: Path, out_dir: Path | None, name: str | None, adapt: Path | None,
+           junit: Path | None, force_from: str | None, sign_key: Path | None) -> None:
+    """A new release from PREVIOUS: fine-tune from its model on CONFIG's dataset plus the labelled
+    field images NEW (rehearsal: the old data is trained on again), then every later stage. The
+    report compares it with PREVIOUS on both test sets: no regression on the dataset's test images
+    beyond gates.baseline.max_accuracy_drop, and at least update.min_field_gain on the field's.
+    Exit 2 when PREVIOUS has another backbone, label set or image size (that is a new build, not an
+    update), or did not finish."""
+    _require_build_tools()
+    from edgepipe.pipeline.stages import STAGES
+    from edgepipe.pipeline.update import with_update
+
+    _run(config, STAGES, junit, None, adapt, lambda cfg: with_update(cfg, previous, new_data, out_dir, name),
+         incremental=True, force_from=force_from, sign_key=sign_key)
 
 
 @cli.command()
@@ -139,8 +189,8 @@ def finetune(config: str) -> None:
 @CONFIG
 @_guard
 def export(config: str) -> None:
-    """Export the fine-tuned model to ONNX and check parity with torch."""
-    _run(config, ("export",))
+    """AdaBN when CONFIG has an adapt section, then export the float model to ONNX and check parity with torch."""
+    _run(config, ("adapt", "export"))
 
 
 @cli.command()
@@ -157,7 +207,7 @@ def quantize(config: str) -> None:
 @_guard
 def verify(config: str, junit: Path | None) -> None:
     """Measure the float model and every artifact on the test split, explain the disagreements, apply the gates."""
-    _run(config, ("verify", "explain", "report"), junit)
+    _run(config, ("verify", "previous", "explain", "report"), junit)
 
 
 @cli.command()

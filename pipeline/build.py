@@ -1,5 +1,5 @@
-"""Runs stages in order: data -> finetune -> export -> quantize -> verify -> explain -> report ->
-bundle -> track (pipeline/stages.py).
+"""Runs stages in order: data -> finetune -> adapt -> export -> quantize -> verify -> previous ->
+explain -> reference -> report -> bundle -> track (pipeline/stages.py).
 
 Each stage reads what earlier stages recorded in the manifest (checked by hash) and records its
 own outputs, so any stage can also run alone once its inputs exist. `edgepipe build` is
@@ -158,6 +158,9 @@ def _refuse_stale_upstream(cfg: BuildConfig, stages: tuple[str, ...], manifest: 
     for upstream in STAGES[:first]:
         changed = upstream_changes(upstream, cfg, manifest, STAGES, ds.fingerprint)
         if changed:
+            fix = f"run `edgepipe build` (it reruns {upstream} and every stage after it)"
+            if REGISTRY[upstream].active is not None:  # an optional section, e.g. `build --adapt DIR` (one run only)
+                fix = (f"give this command the config the build had: an option such as --adapt lasts one run "
+                       f"(put its section, e.g. `adapt: {{images: DIR}}`, in the config to keep it), or {fix}")
             raise MissingArtifactError(
-                f"`edgepipe {stages[0]}` would use {upstream} outputs that are out of date ({changed})",
-                f"run `edgepipe build` (it reruns {upstream} and every stage after it)")
+                f"`edgepipe {stages[0]}` would use {upstream} outputs that are out of date ({changed})", fix)

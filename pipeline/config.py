@@ -45,6 +45,24 @@ class SplitConfig(_Section):
         return self
 
 
+class FieldDataConfig(_Section):
+    """Labelled images from the field, added to the dataset (`edgepipe update --data`). They are
+    split into train / val / test on their own, with the dataset's fractions and seed, so the
+    dataset's own split (and the previous release's test set) stays exactly what it was."""
+
+    source: Literal["imagefolder", "csv"] = "imagefolder"
+    root: Path | None = Field(None, description="imagefolder: root/<class>/*.png; csv: base of relative paths")
+    csv: Path | None = Field(None, description="csv source: a file with `path` and `label` columns")
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "imagefolder" and self.root is None:
+            raise ValueError("dataset.field source 'imagefolder' needs root (a folder with one sub-folder per class)")
+        if self.source == "csv" and self.csv is None:
+            raise ValueError("dataset.field source 'csv' needs csv (a file with path,label columns)")
+        return self
+
+
 class DatasetConfig(_Section):
     source: Literal["elpv", "imagefolder", "csv"] = "elpv"
     root: Path | None = Field(None, description="imagefolder: root/<class>/*.png; csv: base of relative paths")
@@ -61,6 +79,8 @@ class DatasetConfig(_Section):
         "error", description="images of differing sizes: stop, or resize each to the model input")
     allow_outside_root: bool = Field(
         False, description="accept csv paths and links that resolve outside the dataset root (trusted data only)")
+    field: FieldDataConfig | None = Field(
+        None, description="labelled field images added to the dataset, split on their own (edgepipe update --data)")
 
     @model_validator(mode="after")
     def _source_needs(self):
@@ -141,6 +161,21 @@ class FinetuneConfig(_Section):
         None, description="frozen: keep ImageNet statistics while fine-tuning; train: update them")
     class_weighted_loss: bool = True
     augment: AugmentConfig = AugmentConfig()
+    init_checkpoint: Path | None = Field(
+        None, description="start from this edgepipe checkpoint (a previous release's finetune/model.pt) instead of "
+        "ImageNet weights: set by `edgepipe update --from PREVIOUS`")
+
+
+ADAPT_MIN_IMAGES = 32  # batch-norm statistics from fewer images are noise, not the field's
+
+
+class AdaptConfig(_Section):
+    """Unlabelled adaptation (AdaBN): before export and quantization, re-estimate every batch-norm
+    layer's statistics on images from the field, so a new camera, season or panel type is
+    normalised the way the training images were. Only statistics change, never a weight."""
+
+    images: Path = Field(description="a folder of unlabelled field images (searched recursively; labels are ignored)")
+    limit: int = Field(1000, ge=ADAPT_MIN_IMAGES, description="most field images used (a seeded random subset)")
 
 
 class ParityConfig(_Section):
@@ -247,6 +282,16 @@ class BundleConfig(_Section):
     archive: bool = Field(True, description="also write <name>-<target>-<precision>.tar.gz (+ .sha256), the release asset")
 
 
+class UpdateConfig(_Section):
+    """A release built from the previous one (`edgepipe update CONFIG --from PREVIOUS --data NEW`):
+    its fine-tune starts from PREVIOUS's float model and trains on the dataset plus the labelled
+    field images (dataset.field); its baseline gates compare it with PREVIOUS on both test sets."""
+
+    previous: Path = Field(description="the previous release's build folder (its output_dir, holding manifest.json)")
+    min_field_gain: float = Field(0.0, ge=-1, le=1, description="each artifact's accuracy on the field test images "
+                                  "must be at least the previous release's same artifact's plus this")
+
+
 class BuildConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # file names are built from it
     seed: int = Field(0, ge=0, lt=2**32, description="split, training and calibration seed")
@@ -264,6 +309,8 @@ class BuildConfig(_Section):
     report: ReportConfig = ReportConfig()
     bundle: BundleConfig = BundleConfig()
     tracking: TrackingConfig | None = None
+    adapt: AdaptConfig | None = Field(None, description="AdaBN on unlabelled field images (also `--adapt DIR`)")
+    update: UpdateConfig | None = Field(None, description="this release updates a previous one (edgepipe update)")
 
     @field_validator("targets")
     @classmethod
@@ -272,6 +319,12 @@ class BuildConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"each target may appear once; got {names}")
         return targets
+
+    @model_validator(mode="after")
+    def _update_needs_field_data(self):
+        if self.update is not None and self.dataset.field is None:
+            raise ValueError("update needs the new labelled field images: set dataset.field (or pass --data NEW)")
+        return self
 
     def sha256(self) -> str:
         """The build's identity, in report.json and the report's key. Where its runs are logged is
@@ -286,8 +339,14 @@ def _resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
 
     return cfg.model_copy(update={
         "output_dir": rel(cfg.output_dir),
-        "dataset": cfg.dataset.model_copy(update={"root": rel(cfg.dataset.root), "csv": rel(cfg.dataset.csv)}),
+        "dataset": cfg.dataset.model_copy(update={"root": rel(cfg.dataset.root), "csv": rel(cfg.dataset.csv),
+                                                  "field": None if cfg.dataset.field is None else cfg.dataset.field.model_copy(
+                                                      update={"root": rel(cfg.dataset.field.root),
+                                                              "csv": rel(cfg.dataset.field.csv)})}),
         "model": cfg.model.model_copy(update={"weights": rel(cfg.model.weights)}),
+        "finetune": cfg.finetune.model_copy(update={"init_checkpoint": rel(cfg.finetune.init_checkpoint)}),
+        "adapt": None if cfg.adapt is None else cfg.adapt.model_copy(update={"images": rel(cfg.adapt.images)}),
+        "update": None if cfg.update is None else cfg.update.model_copy(update={"previous": rel(cfg.update.previous)}),
         "bundle": cfg.bundle.model_copy(update={"dist_dir": rel(cfg.bundle.dist_dir)}),
         "gates": cfg.gates.model_copy(update={"baseline": None if cfg.gates.baseline is None else
                                               cfg.gates.baseline.model_copy(update={"report": rel(cfg.gates.baseline.report)})}),
@@ -343,6 +402,14 @@ def _check_collisions(cfg: BuildConfig, path: Path) -> None:
     """Outputs must not land among the inputs: an output_dir inside an image folder becomes a class,
     and the bundle folder <dist_dir>/<name> replaces and deletes what it holds."""
     bundles = cfg.bundle.dist_dir / cfg.name
+    # folders searched for images: the labelled field images' classes, adapt's unlabelled images
+    searched = [(k, f) for k, f in (("dataset.field.root", cfg.dataset.field and cfg.dataset.field.source == "imagefolder"
+                                     and cfg.dataset.field.root), ("adapt.images", cfg.adapt and cfg.adapt.images)) if f]
+    for name, folder in searched:
+        for key, out in (("output_dir", cfg.output_dir), ("bundle.dist_dir", cfg.bundle.dist_dir)):
+            if out.is_relative_to(folder):
+                raise ConfigError(f"{path}: {key} {out} is inside {name} {folder}: the build's own files would be "
+                                  "read as images", f"move {key} outside {folder}")
     if cfg.dataset.source == "elpv":
         return  # read-only package data
     root = cfg.dataset.root if cfg.dataset.root is not None else cfg.dataset.csv.parent
@@ -355,6 +422,21 @@ def _check_collisions(cfg: BuildConfig, path: Path) -> None:
         if out.is_relative_to(root):  # also when equal
             raise ConfigError(f"{path}: {key} {out} is inside dataset.root {root}: the build's own files "
                               "would be read as a class of images", f"move {key} outside {root}")
+    for name, folder in searched:  # field images in the dataset's folder would become a class of it
+        if folder.is_relative_to(root):
+            raise ConfigError(f"{path}: {name} {folder} is inside dataset.root {root}: its images would be read "
+                              "as a class of the dataset too", f"move {name} outside {root}")
+
+
+def revalidated(cfg: BuildConfig, where: str) -> BuildConfig:
+    """cfg checked again after a command changed it (`update --name`, `--adapt`): model_copy does not
+    validate, and a bad value must fail here as it would in the YAML."""
+    try:
+        cfg = BuildConfig.model_validate(cfg.model_dump(mode="json", by_alias=True))
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {_describe(e)}", "correct those options") from None
+    _check_collisions(cfg, Path(where))
+    return cfg
 
 
 def load_config(path: str | Path) -> BuildConfig:

@@ -20,7 +20,7 @@ from edgepipe.core.errors import MissingArtifactError
 from edgepipe.core.files import atomic_output, write_json
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.data import PreparedData
-from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.manifest import Manifest, float_checkpoint
 from edgepipe.pipeline.records import EXPLAIN_SCHEMA, Gallery, checked, read_results
 
 DISAGREES, ERROR = "int8 disagrees", "float error"
@@ -89,7 +89,7 @@ def _check_same_split(results: dict, data: PreparedData) -> None:
 def run_explain(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> dict:
     """Write explain/gallery.json and explain/<k>.png; returns the gallery record."""
     t0 = time.perf_counter()
-    checkpoint = manifest.output("finetune", "checkpoint")
+    checkpoint = float_checkpoint(manifest)
     results = read_results(manifest)
     chosen, found, reason = select(results, cfg.report.gallery)
     if chosen:

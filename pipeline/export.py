@@ -22,7 +22,7 @@ from edgepipe.core.files import atomic_output, write_json
 from edgepipe.core.metrics import agreement
 from edgepipe.pipeline.config import BuildConfig, ParityConfig
 from edgepipe.pipeline.data import PreparedData
-from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.manifest import Manifest, float_checkpoint
 from edgepipe.pipeline.torch_model import load_checkpoint, torch_logits
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -76,7 +76,7 @@ def check_parity(result: dict, limits: ParityConfig) -> None:
 
 def run_export(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Path:
     t0 = time.perf_counter()
-    model, meta = load_checkpoint(manifest.output("finetune", "checkpoint"))
+    model, meta = load_checkpoint(float_checkpoint(manifest))
     if meta["classes"] != list(data.classes):
         raise MissingArtifactError(f"the checkpoint was trained on classes {meta['classes']}, the dataset has {list(data.classes)}",
                                    "rerun `edgepipe finetune` with this config")

@@ -351,7 +351,13 @@ def run_finetune(cfg: BuildConfig, data: PreparedData, manifest: Manifest | None
     resume = snapshots.load()
     ran_before = resume["wall_s"] if resume is not None else 0.0  # seconds the snapshot's run trained
     # the model (and a weights download) before the clock starts: the budget is for training
-    model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained, cfg.model.weights)
+    init = cfg.finetune.init_checkpoint  # an update: the previous release's model, not ImageNet's
+    model, weights = create_model(cfg.model.backbone, len(data.classes), cfg.model.pretrained and init is None,
+                                  cfg.model.weights)
+    if init is not None:
+        from edgepipe.pipeline.update import load_init_checkpoint
+
+        weights = load_init_checkpoint(model, init)
     model = model.to(device).to(memory_format=torch.channels_last)
     start = ranks.from_main(_clock())
     budget_s = recipe.budget_minutes * 60 if recipe.budget_minutes else None

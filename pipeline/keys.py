@@ -32,7 +32,7 @@ def _upstream(manifest: Manifest, stage: str, names: tuple[str, ...] | None) -> 
     entry = manifest.data["stages"].get(stage, {})
     if "outputs" not in entry:
         raise MissingArtifactError(f"{manifest.path} records no {stage} outputs",
-                                   f"run `edgepipe {stage}` (or `edgepipe build`) with this config first")
+                                   f"run `edgepipe build` with this config (it runs {stage} and what it needs)")
     for n in entry["outputs"]:
         manifest.output(stage, n)
     return {f"{stage}.outputs": digest({"outputs": {n: o["sha256"] for n, o in entry["outputs"].items()},
@@ -49,6 +49,8 @@ def stage_inputs(stage: str, cfg: BuildConfig, manifest: Manifest, stages: tuple
     parts |= {f"config.{k}": digest(v) for k, v in config.items()}
     earlier = {s: ALL for s in stages[:stages.index(stage)] if s in manifest.data["stages"]} if stage in stages else {}
     for up, names in (spec.reads if spec else earlier).items():
+        if up in REGISTRY and REGISTRY[up].active is not None and not REGISTRY[up].active(cfg):
+            continue  # an optional stage this config does not use (no adapt section, no update)
         parts |= _upstream(manifest, up, names)
     if spec is None or spec.dataset:
         parts["dataset"] = dataset_fingerprint()

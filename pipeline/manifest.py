@@ -190,6 +190,14 @@ class Manifest:
         return read_json(self.output(stage, name), f"the {stage} stage's {name}")
 
 
+def float_checkpoint(manifest: Manifest) -> Path:
+    """The float model every stage after this one builds on: the adapted one when the adapt stage
+    recorded it, else the fine-tune's."""
+    if "checkpoint" in (manifest.data["stages"].get("adapt") or {}).get("outputs", {}):
+        return manifest.output("adapt", "checkpoint")
+    return manifest.output("finetune", "checkpoint")
+
+
 class _OutputRecord(BaseModel):
     path: str
     sha256: str | None

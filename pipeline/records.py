@@ -96,9 +96,11 @@ class Row(_Record):
 class SplitImage(_Record):
     """One image of the test split: where it is, what its bytes hash to, its true class."""
 
-    id: str  # path relative to the dataset root
+    id: str  # path relative to the dataset root ("field/<path>" for labelled field images)
     sha256: str
     label: str
+    # "field": a labelled field image (dataset.field, `edgepipe update --data`), the rest the dataset's
+    domain: Literal["dataset", "field"] = "dataset"
 
 
 class VerifyResults(_Record):
@@ -117,7 +119,7 @@ class VerifyResults(_Record):
 class Gate(_Record):
     artifact: str
     gate: Literal["max_accuracy_drop", "min_agreement", "max_latency_ms", "build",
-                  "baseline_accuracy_drop", "baseline_latency_increase"]
+                  "baseline_accuracy_drop", "baseline_latency_increase", "baseline_field_gain"]
     status: Literal["passed", "failed", "skipped"]
     limit: float | None
     value: float | None
@@ -128,7 +130,8 @@ class Weights(_Record):
     """The backbone the float model was fine-tuned from and where its ImageNet weights came from."""
 
     backbone: str
-    origin: Literal["package", "file", "torch-hub cache", "huggingface cache", "huggingface download", "none"]
+    origin: Literal["package", "file", "torch-hub cache", "huggingface cache", "huggingface download", "none",
+                    "previous release"]
     source: str  # the file read, or "none" for a random initialisation
     sha256: str | None
 
@@ -139,6 +142,26 @@ class Baseline(_Record):
     name: str
     created: str
     compared_on: str  # "the same test split" or "N images common to both test splits"
+    field_compared_on: str | None = None  # an update: the field test images both releases were run on
+    latency_from: str | None = None  # an update: the previous release re-timed in this run, not its own report
+
+
+class DomainAccuracy(_Record):
+    """Each row's accuracy on one part of the test split: the dataset's images or the field's."""
+
+    domain: Literal["dataset", "field"]
+    images: int
+    accuracy: dict[str, Share]  # per row that ran
+
+
+class AdaptRecord(_Record):
+    """What the adapt stage (AdaBN) did: on how many unlabelled field images, from where."""
+
+    method: str
+    images: int
+    folder: str
+    layers: int
+    mean_shift: float  # how far the statistics moved, in the trained standard deviations
 
 
 class Report(_Record):
@@ -159,6 +182,8 @@ class Report(_Record):
     weights: Weights | None = None  # None for a build older than this field
     test_set: list[SplitImage] | None = None  # the verify results' (None for a build older than the field)
     baseline: Baseline | None = None  # the previous release the baseline gates compared with
+    domains: list[DomainAccuracy] | None = None  # when the test split holds labelled field images
+    adapt: AdaptRecord | None = None  # when AdaBN ran before export
 
 
 

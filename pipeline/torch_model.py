@@ -33,8 +33,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, backbone: str, classes, 
     return path
 
 
-def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
-    """Model in eval mode + its metadata. weights_only=True: a checkpoint cannot run code."""
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint's payload: backbone, classes, preprocess, state_dict. weights_only=True: a
+    checkpoint cannot run code."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt files
@@ -42,6 +43,12 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
                                    "rerun `edgepipe finetune` with this config") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise MissingArtifactError(f"{path} is not an edgepipe checkpoint", "rerun `edgepipe finetune` with this config")
+    return payload
+
+
+def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
+    """Model in eval mode + its metadata."""
+    payload = read_checkpoint(path)
     model, _ = create_model(payload["backbone"], len(payload["classes"]), pretrained=False)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload

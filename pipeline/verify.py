@@ -19,7 +19,7 @@ from edgepipe.core.metrics import agreement, classification_metrics, machine_inf
 from edgepipe.core.preprocess import PreprocessSpec
 from edgepipe.pipeline.config import BuildConfig, VerifyConfig
 from edgepipe.pipeline.data import PreparedData
-from edgepipe.pipeline.manifest import Manifest
+from edgepipe.pipeline.manifest import Manifest, float_checkpoint
 from edgepipe.pipeline.records import VERIFY_SCHEMA, VerifyResults, checked
 from edgepipe.runtime.predictor import softmax
 from edgepipe.targets import get_target
@@ -61,7 +61,7 @@ def run_verify(cfg: BuildConfig, data: PreparedData, manifest: Manifest, artifac
     from edgepipe.pipeline.torch_model import TorchRunner, load_checkpoint
 
     t0 = time.perf_counter()
-    checkpoint = manifest.output("finetune", "checkpoint")
+    checkpoint = float_checkpoint(manifest)
     model, meta = load_checkpoint(checkpoint)
     if meta["classes"] != list(data.classes):
         raise MissingArtifactError("the checkpoint was trained on other classes than this dataset has",

@@ -7,7 +7,7 @@ from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.keys import stage_inputs, stage_key
 from edgepipe.pipeline.manifest import Manifest
 
-CORE = ("finetune", "export", "quantize", "verify", "explain", "reference", "report")
+CORE = ("finetune", "adapt", "export", "quantize", "verify", "previous", "explain", "reference", "report")
 BASE = {"name": "k", "targets": [{"name": "onnxruntime"}, {"name": "openvino"}]}
 
 
@@ -23,6 +23,7 @@ def recorded(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{stage} {name}")
         manifest.record_stage(stage, outputs, {})
+    # no adapt or previous entry: a folder built before those stages existed keeps working
     return manifest
 
 
@@ -60,8 +61,8 @@ def test_a_config_change_reruns_the_stages_that_read_it(recorded, changes, stage
 
 def test_new_dataset_files_rerun_every_stage_that_reads_images(recorded):
     before, after = keys(recorded), keys(recorded, dataset="e" * 64)
-    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "export", "quantize", "verify", "explain",
-                                                          "reference"}
+    assert {s for s in CORE if before[s] != after[s]} == {"finetune", "adapt", "export", "quantize", "verify",
+                                                          "previous", "explain", "reference"}
 
 
 def test_a_new_upstream_output_reruns_its_readers_only(recorded):
@@ -72,14 +73,31 @@ def test_a_new_upstream_output_reruns_its_readers_only(recorded):
     recorded.record_stage("finetune", outputs, {})
     after = keys(recorded)
     # quantize reads the ONNX, not this; explain takes its heat maps from the checkpoint; the report
-    # reads the curve and metrics, which did not change (the new checkpoint reaches it through verify)
-    assert {s for s in CORE if before[s] != after[s]} == {"export", "verify", "explain"}
+    # reads the curve and metrics, which did not change (the new checkpoint reaches it through verify);
+    # adapt starts from the checkpoint (without an adapt section it writes nothing, so no one downstream
+    # sees a change through it)
+    assert {s for s in CORE if before[s] != after[s]} == {"adapt", "export", "verify", "explain"}
+
+
+def test_a_new_adapted_checkpoint_reruns_what_reads_the_float_model_only_with_an_adapt_section(recorded, tmp_path):
+    (tmp_path / "field").mkdir()
+    (tmp_path / "field" / "a.png").write_bytes(b"png")
+    adapt = {**BASE, "adapt": {"images": str(tmp_path / "field")}}
+    ckpt = tmp_path / "out" / "adapt" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_text("adapted 1")
+    recorded.record_stage("adapt", {"checkpoint": ckpt}, {})
+    plain, before = keys(recorded), keys(recorded, adapt)
+    ckpt.write_text("adapted 2")
+    recorded.record_stage("adapt", {"checkpoint": ckpt}, {})
+    assert {s for s in CORE if before[s] != keys(recorded, adapt)[s]} == {"export", "verify", "explain", "report"}
+    assert keys(recorded) == plain  # without the section nothing reads what adapt once wrote
 
 
 @pytest.mark.parametrize("package, stages", [
-    ("openvino", {"quantize", "verify", "reference"}),
+    ("openvino", {"quantize", "verify", "previous", "reference"}),  # previous: runs the last release's artifacts
     ("onnxslim", {"export"}),
-    ("timm", {"finetune", "verify", "explain"}),
+    ("timm", {"finetune", "adapt", "verify", "previous", "explain"}),
     ("captum", {"explain"}),
     ("matplotlib", {"explain", "report"}),  # the heat maps' colours, the report's charts
 ])

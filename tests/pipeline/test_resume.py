@@ -11,7 +11,7 @@ import signal
 
 from tests.pipeline.conftest import KILLS
 
-ORDER = ("finetune", "export", "quantize", "verify", "explain", "reference", "report")
+ORDER = ("finetune", "adapt", "export", "quantize", "verify", "previous", "explain", "reference", "report")
 
 
 def test_every_run_was_killed_inside_its_stage(resumed_build):
@@ -57,7 +57,7 @@ def test_the_resumed_build_is_complete_and_kept_the_work_done_before_the_kills(r
     assert final.exit_code == 0, final.output
     manifest = resumed_build["manifest"]
     # verify was the stage killed last
-    assert manifest["last_run"]["ran"][:4] == ["verify", "explain", "reference", "report"]
+    assert manifest["last_run"]["ran"][:5] == ["verify", "previous", "explain", "reference", "report"]
     assert "verify/results.json" in resumed_build["runs"][-1]["files"]  # written, yet not trusted: rerun
     assert all(manifest["stages"][s]["status"] == "complete" for s in ORDER)
     assert set(resumed_build["intact"]) >= set(ORDER) and all(resumed_build["intact"].values())
