@@ -21,7 +21,7 @@ import numpy as np
 from edgepipe.core.console import console, progress
 from edgepipe.core.errors import DataError, MissingArtifactError
 from edgepipe.core.files import write_json
-from edgepipe.core.metrics import machine_info, measure_latency
+from edgepipe.core.metrics import machine_info
 from edgepipe.pipeline.config import BuildConfig
 from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.manifest import Manifest
@@ -40,7 +40,7 @@ def run_previous(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
     from edgepipe.pipeline.quantize import recorded_artifacts
     from edgepipe.pipeline.torch_model import TorchRunner, load_checkpoint
     from edgepipe.pipeline.update import previous_manifest
-    from edgepipe.pipeline.verify import REFERENCE, top1_confidence
+    from edgepipe.pipeline.verify import REFERENCE, measure, top1_confidence
     from edgepipe.targets import get_target
 
     if cfg.update is None:
@@ -73,18 +73,13 @@ def run_previous(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Pa
         for name, make in runners:
             bar.update(task, status=name)
             try:
-                with make() as runner:
-                    logits = runner.infer_batched(data.spec.normalize(rgb8), batch=cfg.verify.throughput_batch)
-                    batch = min(cfg.verify.throughput_batch, runner.max_batch or cfg.verify.throughput_batch)
-                    timing = measure_latency(runner, data.spec.normalize(rgb8[:1]),
-                                             data.spec.normalize(np.resize(rgb8, (batch,) + rgb8.shape[1:])),
-                                             cfg.verify.runs, cfg.verify.warmup)
+                measured = measure(make(), rgb8, data.spec, cfg.verify)  # as verify times this build
             except Exception as e:  # e.g. a TensorRT engine on a machine without a GPU: a result, not a crash
                 rows.append({"name": name, "status": "failed", "reason": f"could not run here: {type(e).__name__}: "
                                                                          f"{e}".splitlines()[0]})
             else:
-                rows.append({"name": name, "status": "ok", "reason": None, "predictions": logits.argmax(1).tolist(),
-                             "confidence": top1_confidence(logits), "latency_ms": timing["latency_ms"]})
+                rows.append({"name": name, "status": "ok", "reason": None, "predictions": measured["logits"].argmax(1).tolist(),
+                             "confidence": top1_confidence(measured["logits"]), "latency_ms": measured["latency_ms"]})
             bar.advance(task)
     labels = np.array([classes.index(im["label"]) for im in images])
     accuracy = {r["name"]: float((np.asarray(r["predictions"]) == labels).mean()) for r in rows if r["status"] == "ok"}
