@@ -31,7 +31,7 @@ from edgepipe.pipeline.config import AugmentConfig, BuildConfig, FinetuneConfig
 from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.distributed import Ranks
 from edgepipe.pipeline.manifest import Manifest
-from edgepipe.pipeline.schedule import _stretch, one_cycle, plan_epochs, warmup_share
+from edgepipe.pipeline.schedule import _past_peak, _redecay, _stretch, one_cycle, plan_epochs, warmup_share
 from edgepipe.pipeline.snapshot import Snapshots
 from edgepipe.pipeline.torch_model import pick_device, save_checkpoint, torch_logits
 
@@ -261,18 +261,20 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
     # Val accuracy dips while the rate climbs to its peak (the backbone starts moving): early
     # stopping counts only the epochs after the peak, or a long budget would stop in that dip.
     rising = math.ceil(warmup_share(epochs * steps) * epochs)
+    if resume is not None:  # a re-plan past the peak keeps the peak where it was, not where a new cycle has it
+        rising = resume.get("rising", rising)
     net = distributed.wrap(model, ranks, device, sync_batchnorm=recipe.batchnorm == "train")
     weight = _class_weights(y_tr, len(data.classes), recipe.class_weighted_loss)
     weight_on_device = None if weight is None else weight.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
     now = ranks.from_main(_clock())  # once per epoch: its length and the time left come from one clock
-    while epoch < epochs:  # `epochs` may change once, when the budget is re-planned after epoch 1
+    while epoch < epochs:  # under a budget, `epochs` is re-planned after every epoch
         epoch += 1
         _train_mode(net, recipe.batchnorm)
         left = "" if deadline is None else f" (budget: {max(0.0, deadline - now) / 60:.1f} min left)"
         task = bar.add_task(f"fine-tune {epoch}/{epochs}{left}", total=steps, status="")
         perm = torch.randperm(len(labels), generator=gen)
-        total, started = 0.0, now
+        total, started, rate = 0.0, now, None
         for i in range(0, len(perm), recipe.batch_size):
             b = perm[i:i + recipe.batch_size]
             if len(b) < max(2, ranks.world):  # batch norm cannot train on one image; each rank needs one
@@ -288,6 +290,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
                 loss_sum = F.cross_entropy(net(x).float(), labels[b][mine].to(device), reduction="sum",
                                            weight=weight_on_device)
             loss = loss_sum * (ranks.world / size)
+            rate = opt.param_groups[0]["lr"]  # the backbone's rate this step ran at (for the curve)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             total += loss_sum.item() * len(b) / size
             bar.update(task, advance=1, status=f"loss {loss_sum.item() / len(mine):.3f}")
@@ -295,7 +298,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
         val_acc = _val_accuracy(model, x_va, y_va, data.spec, device, ranks)
         now = ranks.from_main(_clock())
         curve.append({"phase": "finetune", "epoch": epoch, "train_loss": total / len(perm), "val_accuracy": val_acc,
-                      "epoch_s": round(now - started, 1)})
+                      "epoch_s": round(now - started, 1), "backbone_lr": rate})
         bar.update(task, status=f"loss {total / len(perm):.3f}  val {val_acc:.1%}")
         console.print(f"epoch {epoch}: train loss {total / len(perm):.3f}, val accuracy {val_acc:.2%}, "
                       f"{curve[-1]['epoch_s']:.0f} s")
@@ -317,6 +320,21 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
                 if epochs > 1:
                     sched = _stretch(opt, sched, max_lrs, epochs * steps)
                     rising = math.ceil(warmup_share(epochs * steps) * epochs)
+        elif deadline is not None and epoch < epochs and deadline - now >= now - started:
+            # Every later epoch re-plans with its own time: the first pays one-off costs (ELPV at
+            # 224 px: 98 s, then 75-80 s, a whole epoch left unused), a busy machine slows later ones.
+            # Past the rate's peak the schedule decays from the current rate over the new length, so
+            # the last epoch still ends annealed and the rate never jumps.
+            fits = epoch + max(1, plan_epochs(deadline - now, now - started, recipe.epochs - epoch))
+            if fits != epochs:
+                console.print(f"budget: epoch {epoch} took {now - started:.0f} s: {fits} epoch(s) in all, not {epochs}")
+                past_peak = _past_peak(sched)
+                epochs, plan["planned_epochs"] = fits, fits
+                if past_peak:
+                    sched = _redecay(opt, sched, epochs * steps)
+                else:
+                    sched = _stretch(opt, sched, max_lrs, epochs * steps)
+                    rising = math.ceil(warmup_share(epochs * steps) * epochs)
         if deadline is not None and epoch < epochs and deadline - now < now - started:  # no time for another
             console.print(f"budget: stopping after epoch {epoch} of {epochs}: "
                           f"{max(0.0, deadline - now):.0f} s left, an epoch takes {now - started:.0f} s")
@@ -327,7 +345,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
                       "model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "generator": gen.get_state(),
                       "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_val": best_val,
-                      "best_epoch": best_epoch, "stale": stale,
+                      "best_epoch": best_epoch, "stale": stale, "rising": rising,
                       "budget_left_s": None if deadline is None else deadline - now})
     model.load_state_dict(best_state)
     return curve, best_epoch, plan

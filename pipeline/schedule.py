@@ -41,6 +41,33 @@ def _stretch(opt: torch.optim.Optimizer, sched, max_lrs: list[float], total_step
                                                pct_start=warmup_share(total_steps), last_epoch=done - 1)
 
 
+def _past_peak(sched) -> bool:
+    """Whether the schedule in use (a re-decayed one included) has passed its peak rate."""
+    if not isinstance(sched, torch.optim.lr_scheduler.OneCycleLR):
+        return False
+    # the end of its warm-up phase, in steps: torch keeps it (and saves it with the scheduler) only here
+    return sched.last_epoch > sched._schedule_phases[0]["end_step"]
+
+
+def _redecay(opt: torch.optim.Optimizer, sched, total_steps: int):
+    """A one-cycle schedule past its peak given a new length, from the step it is at (a budget's plan
+    changed): a cosine from the current rates down to the schedule's final ones over the steps
+    left. Re-made like _stretch it would jump to where a cycle of that length would be by now: a
+    shorter one is near its end (the epochs left would train at almost no rate), a longer one back
+    up near its peak."""
+    done = sched.last_epoch
+    if not isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) or total_steps < 3 or done >= total_steps - 1:
+        return sched
+    rates = [group["lr"] for group in opt.param_groups]
+    for group, lr in zip(opt.param_groups, rates):  # initial_lr and min_lr stay the first schedule's
+        group["max_lr"] = lr
+        if "betas" in group and "base_momentum" in group:  # Adam's beta1 also continues from where it is
+            group["base_momentum"] = group["betas"][0]
+    # the warm-up phase ends at this step, at the current rate: the decay starts from it
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=rates, total_steps=total_steps,
+                                               pct_start=(done + 1) / total_steps, last_epoch=done - 1)
+
+
 def plan_epochs(remaining_s: float, epoch_s: float, max_epochs: int) -> int:
     """Full fine-tune epochs that fit in remaining_s at epoch_s each, at most max_epochs; 5 % is
     kept for the final evaluation and the checkpoint."""

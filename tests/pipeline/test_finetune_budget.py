@@ -59,6 +59,60 @@ def test_the_budget_is_replanned_from_the_first_epoch_and_stops_a_run_on_time(tm
     assert "budget: stopping after epoch 2 of 3" in log
 
 
+def test_epochs_that_turn_slower_end_the_schedule_sooner_so_the_rate_anneals(tmp_path, monkeypatch):
+    # Epoch 1 takes 1 s (20 epochs fit in the 60 s budget); from epoch 2 on an epoch takes 10 s.
+    # Readings: 1 (deadline 61), 2 (plan), 3 (start), 4 (end of epoch 1), 14 (end of epoch 2: 47 s
+    # left -> 6 epochs in all), then 24, 34, 44, 54: the sixth epoch ends before the deadline, with
+    # the rate annealed. Before, the run went on with a 20-epoch schedule and stopped at the
+    # deadline after epoch 6 with the rate still near its peak.
+    slow = {reading: 10 for reading in range(5, 40)}
+    metrics, log = _finetune(tmp_path, monkeypatch, tick=1, step_s=1.0, later=slow, budget_minutes=1, epochs=20)
+    assert "budget: epoch 2 took 10 s: 6 epoch(s) in all, not 20" in log
+    assert metrics["planned_epochs"] == 6 and metrics["epochs_run"] == 6 and metrics["stopped"] == "planned"
+    rates = [c["backbone_lr"] for c in json.loads((tmp_path / "out" / "finetune" / "curve.json").read_text())
+             if c["phase"] == "finetune"]
+    peak = finetune.PROFILES["cpu"]["backbone_lr"]
+    assert rates[1] > 0.1 * peak and rates[-1] < 1e-3 * peak  # annealed by the end of the shorter schedule
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))  # from the re-plan on, only down: no jump back up
+
+
+def test_epochs_whose_time_changes_after_the_first_replan_without_the_rate_jumping(tmp_path, monkeypatch):
+    # The first epoch pays one-off costs (10 s on the clock, 5 epochs planned); the second takes 1 s:
+    # the plan grows to the 20 allowed, decaying from the rate it had reached. The third takes 3 s
+    # (16 epochs), the fourth 1 s again (20): a schedule already re-decayed past its peak must not
+    # climb back to a peak at either change.
+    metrics, log = _finetune(tmp_path, monkeypatch, tick=1, step_s=5.0, later={4: 10, 6: 3}, budget_minutes=1,
+                             epochs=20)
+    assert "an epoch takes 10 s here: 5 epoch(s) in all" in log
+    assert "budget: epoch 2 took 1 s: 20 epoch(s) in all, not 5" in log
+    assert "budget: epoch 3 took 3 s: 16 epoch(s) in all, not 20" in log
+    assert "budget: epoch 4 took 1 s: 20 epoch(s) in all, not 16" in log
+    assert metrics["planned_epochs"] == 20 and metrics["epochs_run"] == 20 and metrics["stopped"] == "planned"
+    rates = [c["backbone_lr"] for c in json.loads((tmp_path / "out" / "finetune" / "curve.json").read_text())
+             if c["phase"] == "finetune"]
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:])) and rates[-1] < 1e-3 * rates[1]
+
+
+def test_a_new_length_past_the_peak_decays_from_the_current_rate():
+    from edgepipe.pipeline.schedule import _redecay, one_cycle
+
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.AdamW([{"params": [params[0]], "lr": 2e-4}, {"params": [params[1]], "lr": 1e-3}])
+    sched = one_cycle(opt, [2e-4, 1e-3], 200)
+    for _ in range(80):  # past the peak (step 50)
+        opt.step(); sched.step()
+    state = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+    current = [g["lr"] for g in opt.param_groups]
+    for total, steps in ((100, 19), (400, 319)):  # shorter, then longer than the 200 planned
+        opt.load_state_dict(state["opt"]); sched.load_state_dict(state["sched"])
+        sched = _redecay(opt, sched, total)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(current)
+        rates = []
+        for _ in range(steps):
+            opt.step(); sched.step(); rates.append(opt.param_groups[0]["lr"])
+        assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-8  # the final rate at the last step
+
+
 def test_cheap_epochs_train_longer_and_expensive_ones_keep_the_warm_up(tmp_path, monkeypatch):
     cheap, _ = _finetune(tmp_path / "cheap", monkeypatch, tick=0.01, step_s=0.001, budget_minutes=1, epochs=12)
     assert cheap["planned_epochs"] == 12 and cheap["epochs_run"] == 12 and cheap["stopped"] == "planned"
