@@ -30,16 +30,18 @@ def write_image(path: Path, size=(48, 48), mode="L", seed=0) -> Path:
     return path
 
 
-def write_stripes(root: Path, per_class: int = 30, size: int = 64) -> Path:
-    """Horizontal vs vertical stripes of random phase and width: ImageNet features separate these."""
-    rng = np.random.default_rng(0)
+def write_stripes(root: Path, per_class: int = 30, size: int = 64, contrast: int = 180, noise: float = 12,
+                  seed: int = 0) -> Path:
+    """Horizontal vs vertical stripes of random phase and width: ImageNet features separate these
+    (less well at a low contrast under much noise)."""
+    rng = np.random.default_rng(seed)
     for cls in ("horizontal", "vertical"):
         (root / cls).mkdir(parents=True)
         for i in range(per_class):
             period, phase = rng.integers(6, 12), rng.integers(0, 12)
-            wave = ((np.arange(size) + phase) // (period // 2)) % 2 * 180 + 30
+            wave = ((np.arange(size) + phase) // (period // 2)) % 2 * contrast + 120 - contrast // 2
             img = np.tile(wave[:, None] if cls == "horizontal" else wave[None, :], (1, size) if cls == "horizontal" else (size, 1))
-            img = np.clip(img + rng.normal(0, 12, (size, size)), 0, 255).astype(np.uint8)
+            img = np.clip(img + rng.normal(0, noise, (size, size)), 0, 255).astype(np.uint8)
             Image.fromarray(img, "L").save(root / cls / f"{i}.png")
     return root
 
