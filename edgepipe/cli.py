@@ -101,8 +101,8 @@ def _run(config: str, stages: tuple[str, ...], junit: Path | None = None, baseli
     if adapt is not None:
         from edgepipe.pipeline.config import AdaptConfig, revalidated
 
-        limit = {} if cfg.adapt is None else {"limit": cfg.adapt.limit}
-        cfg = revalidated(cfg.model_copy(update={"adapt": AdaptConfig(images=adapt.resolve(), **limit)}), "--adapt")
+        kept = {} if cfg.adapt is None else cfg.adapt.model_dump(exclude={"images"})  # limit, strength
+        cfg = revalidated(cfg.model_copy(update={"adapt": AdaptConfig(images=adapt.resolve(), **kept)}), "--adapt")
     if baseline is not None:
         from edgepipe.pipeline.baseline import with_baseline
 

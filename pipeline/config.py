@@ -176,6 +176,12 @@ class AdaptConfig(_Section):
 
     images: Path = Field(description="a folder of unlabelled field images (searched recursively; labels are ignored)")
     limit: int = Field(1000, ge=ADAPT_MIN_IMAGES, description="most field images used (a seeded random subset)")
+    # One set of statistics serves every input: fully adapted, the training domain loses accuracy
+    # (ELPV mono -> poly, 3 seeds: poly +36.0 pt, mono -3.3 pt; strength 0.5: +8.3 / -1.2 pt; 0.25:
+    # +2.5 / +0.2 pt; bench/results/adabn_strength.md). 1 suits a unit that sees only the new
+    # domain; lower trades field gain for keeping the training domain.
+    strength: float = Field(1.0, gt=0, le=1, description="share of the way each batch-norm layer's statistics move "
+                            "toward the field's (1: the field's alone; lower keeps more of the training domain)")
 
 
 class ParityConfig(_Section):
@@ -330,6 +336,8 @@ class BuildConfig(_Section):
         """The build's identity, in report.json and the report's key. Where its runs are logged is
         not part of it: adding a tracking section must not rewrite the report or rebuild bundles."""
         dump = self.model_dump(mode="json", exclude={"tracking"})
+        if self.adapt is not None and self.adapt.strength == 1:  # the default: builds from before keep their identity
+            del dump["adapt"]["strength"]
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
 
 

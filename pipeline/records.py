@@ -162,6 +162,7 @@ class AdaptRecord(_Record):
     folder: str
     layers: int
     mean_shift: float  # how far the statistics moved, in the trained standard deviations
+    strength: float = 1.0  # share of the way toward the field's statistics (reports before it: 1)
 
 
 class Report(_Record):

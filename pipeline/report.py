@@ -96,7 +96,8 @@ def render_markdown(report: dict) -> str:
     if report.get("adapt"):
         a = report["adapt"]
         lines += ["", f"AdaBN ran before export: {a['layers']} batch-norm layers re-estimated on {a['images']} "
-                      f"unlabelled field image(s) from `{a['folder']}` (mean shift {a['mean_shift']:.3f} sd)."]
+                      f"unlabelled field image(s) from `{a['folder']}` at strength {a.get('strength', 1.0):g} "
+                      f"(mean shift {a['mean_shift']:.3f} sd)."]
     if report.get("baseline"):
         b = report["baseline"]
         lines += ["", f"Baseline: {b['name']} ({b['created']}), compared on {b['compared_on']}"
@@ -221,7 +222,8 @@ def _adapt(manifest: Manifest) -> dict | None:
     if not _recorded(manifest, "adapt"):
         return None
     m = manifest.data["stages"]["adapt"]["metrics"]
-    return {k: m[k] for k in ("method", "images", "folder", "layers", "mean_shift")}
+    return {**{k: m[k] for k in ("method", "images", "folder", "layers", "mean_shift")},
+            "strength": m.get("strength", 1.0)}  # recorded since strength exists; 1 before
 
 
 def _augmentation(manifest: Manifest) -> str | None:
@@ -268,7 +270,7 @@ def _announce(report: dict) -> None:
     if report.get("adapt"):
         a = report["adapt"]
         console.print(f"AdaBN: {a['layers']} batch-norm layers re-estimated on {a['images']} unlabelled field "
-                      f"image(s) from {a['folder']}")
+                      f"image(s) from {a['folder']} at strength {a.get('strength', 1.0):g}")
     for d in report.get("domains") or []:
         console.print(f"{d['domain']} test images ({d['images']}): "
                       + ", ".join(f"{k} {v:.2%}" for k, v in d["accuracy"].items()))

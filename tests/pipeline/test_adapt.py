@@ -1,5 +1,6 @@
 """AdaBN (pipeline/adapt.py): only batch-norm statistics change; a shifted domain is normalised back."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -112,6 +113,37 @@ def test_the_training_domain_itself_leaves_the_model_as_it_was():
     assert torch.allclose(before, after, atol=1e-4)
 
 
+def test_a_strength_under_one_moves_the_statistics_that_share_of_the_way(trained):
+    net, source = trained
+    dark = (source * 0.4).astype(np.uint8)
+    full, half, default = _copy(net), _copy(net), _copy(net)
+    assert adapt_batchnorm(full, source, dark, SPEC, strength=1.0)["strength"] == 1.0
+    summary = adapt_batchnorm(half, source, dark, SPEC, strength=0.5)
+    adapt_batchnorm(default, source, dark, SPEC)
+    assert summary["strength"] == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), default.state_dict().values()))
+    # every layer half-way between the trained and the fully adapted statistics: the mean
+    # linearly, the spread geometrically
+    std = lambda bn: (bn.running_var + bn.eps).sqrt()  # noqa: E731
+    for name in ("bn", "bn2"):
+        trained_bn, full_bn, half_bn = (getattr(m, name) for m in (net, full, half))
+        assert not torch.allclose(full_bn.running_mean, trained_bn.running_mean, atol=1e-3)
+        assert torch.allclose(half_bn.running_mean, (trained_bn.running_mean + full_bn.running_mean) / 2, atol=1e-5)
+        assert torch.allclose(std(half_bn), (std(trained_bn) * std(full_bn)).sqrt(), rtol=1e-4)
+    assert summary["mean_shift"] < adapt_batchnorm(_copy(net), source, dark, SPEC)["mean_shift"]
+
+
+@pytest.mark.parametrize("strength", [0, -0.5, 1.5])
+def test_a_strength_outside_zero_to_one_is_refused_with_the_range(write_config, strength):
+    from edgepipe.core.errors import ConfigError
+    from edgepipe.pipeline.config import load_config
+
+    cfg = write_config({"name": "x", "dataset": {"source": "imagefolder", "root": "data"},
+                        "adapt": {"images": "field", "strength": strength}})
+    with pytest.raises(ConfigError, match="adapt.strength"):
+        load_config(cfg)
+
+
 def test_a_model_without_batchnorm_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
     x, _ = _blobs(8, 0)
@@ -152,7 +184,7 @@ def test_a_build_with_adapt_exports_the_adapted_model_and_says_so(project):
     from edgepipe.pipeline.torch_model import read_checkpoint
     from tests.pipeline.conftest import build, manifest, ran
 
-    root, _ = project
+    root, configure = project
     for i in range(40):
         write_image(root / "field" / f"{i}.png", size=(32, 32), seed=500 + i)
     onnx = root / "out" / "export" / "model.onnx"
@@ -173,7 +205,38 @@ def test_a_build_with_adapt_exports_the_adapted_model_and_says_so(project):
     alone = CliRunner().invoke(cli, ["verify", str(root / "build.yaml")])
     assert alone.exit_code == 2 and "lasts one run" in alone.output, alone.output
 
+    # a strength in the config's adapt section survives --adapt and is part of the stage's key
+    configure(adapt={"images": str(root / "field"), "strength": 0.5})
+    half = build(root / "build.yaml", "--adapt", root / "field")
+    assert half.exit_code == 0 and "adapt" in manifest(root)["last_run"]["ran"], half.output
+    assert json.loads((root / "out" / "report.json").read_text())["adapt"]["strength"] == 0.5
+    assert "at strength 0.5" in (root / "out" / "report.md").read_text()
+    halfway = read_checkpoint(root / "out" / "adapt" / "model.pt")["state_dict"]
+    assert any(not torch.equal(adapted[k], halfway[k]) for k in changed)
+    configure()
+
     plain = build(root / "build.yaml")
     assert plain.exit_code == 0, plain.output
     assert "finetune" not in manifest(root)["last_run"]["ran"]
     assert json.loads((root / "out" / "report.json").read_text()).get("adapt") is None
+
+
+def test_the_default_strength_leaves_the_keys_of_adapted_builds_as_they_were(tmp_path, write_config):
+    from edgepipe.pipeline.adapt import images_digest
+    from edgepipe.pipeline.config import AdaptConfig, load_config
+
+    assert "strength" not in images_digest(AdaptConfig(images=tmp_path))  # a key from before strength existed
+    assert images_digest(AdaptConfig(images=tmp_path, strength=0.5))["strength"] == 0.5
+    base = {"name": "x", "dataset": {"source": "imagefolder", "root": "data"}}
+    default = load_config(write_config({**base, "adapt": {"images": "field"}}, "a.yaml"))
+    half = load_config(write_config({**base, "adapt": {"images": "field", "strength": 0.5}}, "b.yaml"))
+    dump = default.model_dump(mode="json", exclude={"tracking"})
+    del dump["adapt"]["strength"]
+    assert default.sha256() == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
+    assert half.sha256() != default.sha256()
+
+
+def test_a_strength_beyond_one_is_refused_by_the_function_too(trained):
+    net, source = trained
+    with pytest.raises(ValueError, match="strength"):
+        adapt_batchnorm(_copy(net), source, source, SPEC, strength=1.5)

@@ -95,3 +95,9 @@ def test_the_report_names_the_backbone_and_where_its_weights_came_from(base):
     md = (base / "out" / "report.md").read_text()
     assert f"Backbone: tf_efficientnet_lite0, ImageNet weights from package {weights['source']} " \
            f"(sha256 {weights['sha256'][:16]}…)." in md
+
+
+def test_a_report_from_before_adapt_strength_reads_as_full_strength():
+    adapt = {"method": "AdaBN", "images": 40, "folder": "field", "layers": 2, "mean_shift": 0.1}  # no strength
+    md = render_markdown({**RESULTS, "name": "t", "gates": evaluate_gates(RESULTS, cfg()), "adapt": adapt})
+    assert "on 40 unlabelled field image(s) from `field` at strength 1 " in md
