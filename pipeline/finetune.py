@@ -12,7 +12,6 @@ run resume (snapshot.py). Augmentation: augment.py; learning-rate schedule and b
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from edgepipe.pipeline.config import AugmentConfig, BuildConfig, FinetuneConfig
 from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.distributed import Ranks
 from edgepipe.pipeline.manifest import Manifest
-from edgepipe.pipeline.schedule import _past_peak, _redecay, _stretch, one_cycle, plan_epochs, warmup_share
+from edgepipe.pipeline.schedule import _past_peak, _redecay, _stretch, one_cycle, plan_epochs, rising_epochs
 from edgepipe.pipeline.snapshot import Snapshots
 from edgepipe.pipeline.torch_model import pick_device, save_checkpoint, torch_logits
 
@@ -260,7 +259,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
         best_val, best_epoch, stale = resume["best_val"], resume["best_epoch"], resume["stale"]
     # Val accuracy dips while the rate climbs to its peak (the backbone starts moving): early
     # stopping counts only the epochs after the peak, or a long budget would stop in that dip.
-    rising = math.ceil(warmup_share(epochs * steps) * epochs)
+    rising = rising_epochs(epochs, steps)
     if resume is not None:  # a re-plan past the peak keeps the peak where it was, not where a new cycle has it
         rising = resume.get("rising", rising)
     net = distributed.wrap(model, ranks, device, sync_batchnorm=recipe.batchnorm == "train")
@@ -319,7 +318,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
                 epochs, plan["planned_epochs"] = replanned, replanned
                 if epochs > 1:
                     sched = _stretch(opt, sched, max_lrs, epochs * steps)
-                    rising = math.ceil(warmup_share(epochs * steps) * epochs)
+                    rising = rising_epochs(epochs, steps)
         elif deadline is not None and epoch < epochs and deadline - now >= now - started:
             # Every later epoch re-plans with its own time: the first pays one-off costs (ELPV at
             # 224 px: 98 s, then 75-80 s, a whole epoch left unused), a busy machine slows later ones.
@@ -334,7 +333,7 @@ def _finetune_all(model, data: PreparedData, recipe: Recipe, device, gen, bar, s
                     sched = _redecay(opt, sched, epochs * steps)
                 else:
                     sched = _stretch(opt, sched, max_lrs, epochs * steps)
-                    rising = math.ceil(warmup_share(epochs * steps) * epochs)
+                    rising = rising_epochs(epochs, steps)
         if deadline is not None and epoch < epochs and deadline - now < now - started:  # no time for another
             console.print(f"budget: stopping after epoch {epoch} of {epochs}: "
                           f"{max(0.0, deadline - now):.0f} s left, an epoch takes {now - started:.0f} s")

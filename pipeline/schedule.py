@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -10,6 +12,12 @@ def warmup_share(total_steps: int) -> float:
     if total_steps < 3:
         return 0.0
     return min(max(0.25, 2 / total_steps), 1 - 1 / total_steps)
+
+
+def rising_epochs(epochs: int, steps_per_epoch: int) -> int:
+    """The epochs in which a one-cycle schedule of `epochs` epochs still raises the rate (the
+    last one partly): early stopping counts none of them."""
+    return math.ceil(warmup_share(epochs * steps_per_epoch) * epochs)
 
 
 def one_cycle(opt: torch.optim.Optimizer, max_lrs: list[float], total_steps: int):
