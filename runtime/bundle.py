@@ -278,10 +278,14 @@ def _read_manifest(root: Path) -> dict:
     if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
         raise BundleError(f"{root} is a bundle archive, not a bundle folder", f"extract it first: tar xzf {root}")
     if not root.is_dir():
-        raise BundleError(f"bundle folder {root} does not exist",
+        raise BundleError(f"bundle folder {root} " + ("is a file, not a folder" if root.exists() else "does not exist"),
                           "pass the folder the build wrote, e.g. dist/<name>/<target>-<precision>")
     path = root / MANIFEST
     if not path.is_file():
+        inside = sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
+        if inside:  # dist/<name>: the build's folder of bundles, one per artifact
+            raise BundleError(f"{root} holds {len(inside)} bundles, not one",
+                              f"pass one of them: {', '.join(str(p) for p in inside[:4])}")
         raise _refuse(root, f"no {MANIFEST}: not an edgepipe bundle, or an incomplete copy")
     try:
         meta = json.loads(path.read_text())

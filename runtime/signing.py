@@ -47,7 +47,8 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(f"{what} {path} does not exist", KEYGEN_FIX if what == "signing key" else None) from None
+        raise KeyFileError(f"{what} {path} does not exist", KEYGEN_FIX if what == "signing key" else
+                           "pass the public key file `edgepipe keygen KEY` wrote beside the signing key (KEY.pub)") from None
     except OSError as e:
         raise KeyFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
 

@@ -58,6 +58,13 @@ def test_an_archive_or_a_missing_folder_says_what_to_pass(tiny_build, tmp_path):
         load_bundle(tiny_build["dist"] / "tiny-onnxruntime-fp32.tar.gz")
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(BundleError, match="notes.txt is a file, not a folder") as e:
+        load_bundle(tmp_path / "notes.txt")
+    assert "dist/<name>/<target>-<precision>" in str(e.value)
+    with pytest.raises(BundleError, match=r"holds \d+ bundles, not one") as e:  # the build's dist/<name>
+        load_bundle(tiny_build["dist"])
+    assert f"pass one of them: {tiny_build['dist'] / 'onnxruntime-fp32'}, " in str(e.value)
 
 
 def test_bundle_of_another_schema_is_refused(bundle_copy):
