@@ -72,9 +72,10 @@ def _folder_images(folder: Path, spec, classes: list[str]) -> tuple[np.ndarray, 
 
 def measure_seed(seed: int, strengths) -> list[dict]:
     from edgepipe.core.preprocess import PreprocessSpec
-    from edgepipe.pipeline.adapt import _load, adapt_batchnorm, field_images, reference_images
-    from edgepipe.pipeline.config import load_config
+    from edgepipe.pipeline.adapt import adapt_batchnorm, reference_images
+    from edgepipe.pipeline.config import AdaptConfig, load_config
     from edgepipe.pipeline.data import prepare
+    from edgepipe.pipeline.field_images import load_field_images
     from edgepipe.pipeline.torch_model import load_checkpoint, torch_logits
 
     cfg = load_config(config_path(seed))
@@ -84,7 +85,7 @@ def measure_seed(seed: int, strengths) -> list[dict]:
     data = prepare(cfg.dataset, spec, seed)
     mono = data.subset("test")
     poly = _folder_images(LABELLED, spec, classes)
-    target, _ = _load(field_images(UNLABELLED), spec, 1000, seed, "skip")
+    target, _, _ = load_field_images(AdaptConfig(images=UNLABELLED, limit=1000), spec, seed, "skip")
     source = reference_images(data, len(target), seed)
     rows = []
     for strength in (0.0, *strengths):
@@ -124,10 +125,14 @@ def write_table(rows: list[dict], machine: str = "") -> None:
         d = lambda k: np.mean([(r[k] - release[r["seed"]][k]) * 100 for r in mine])  # noqa: E731
         lines.append(f"| {strength:g} | {' '.join(str(r['seed']) for r in mine)} | {d('mono'):+.1f} pt | "
                      f"{d('poly'):+.1f} pt |")
-    md = RESULTS.with_suffix(".md")
-    notes = md.read_text().partition(NOTES)[2] if md.exists() and NOTES in md.read_text() else "\n"
-    md.write_text("\n".join(lines) + "\n\n" + NOTES + notes)  # the reading written by hand below the marker is kept
+    write_keeping_notes(RESULTS.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines), flush=True)
+
+
+def write_keeping_notes(md: Path, table: str) -> None:
+    """md = table, then the marker and the reading written by hand below it in the file before."""
+    notes = md.read_text().partition(NOTES)[2] if md.exists() and NOTES in md.read_text() else "\n"
+    md.write_text(table + "\n\n" + NOTES + notes)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ every later stage reads the fine-tune's checkpoint (manifest.float_checkpoint).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -26,50 +25,13 @@ import torch
 from edgepipe.core.console import console, progress
 from edgepipe.core.errors import DataError
 from edgepipe.core.files import write_json
-from edgepipe.core.preprocess import DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, decode_image, read_image_bytes
+from edgepipe.core.preprocess import PreprocessSpec
 from edgepipe.pipeline.config import ADAPT_MIN_IMAGES, AdaptConfig, BuildConfig
 from edgepipe.pipeline.data import PreparedData
+from edgepipe.pipeline.field_images import load_field_images
 from edgepipe.pipeline.manifest import Manifest
 
 BATCH = 64  # the field pass normalises each batch by its own moments: large enough to be steady
-
-
-def field_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise DataError(f"adapt.images {folder} does not exist or is not a folder",
-                        "point --adapt (adapt.images) at a folder of unlabelled field images")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def images_digest(acfg: AdaptConfig) -> dict:
-    """What the stage's output depends on: the images by content (a renamed folder is no change)."""
-    h = hashlib.sha256()
-    files = field_images(acfg.images) if acfg.images.is_dir() else []
-    for p in files:
-        h.update(p.relative_to(acfg.images).as_posix().encode() + b"\0")
-        try:
-            h.update(hashlib.sha256(read_image_bytes(p)).digest())
-        except OSError as e:  # unreadable: the stage says so when it runs; the key still differs
-            h.update(f"unreadable: {type(e).__name__}".encode())
-    key = {"images": h.hexdigest(), "count": len(files), "limit": acfg.limit}
-    if acfg.strength != 1:  # the default left out, so adapted builds from before keep their keys
-        key["strength"] = acfg.strength
-    return key
-
-
-def _load(files: list[Path], spec: PreprocessSpec, limit: int, seed: int, on_bad_image: str) -> tuple[np.ndarray, list]:
-    if len(files) > limit:
-        files = [files[i] for i in np.sort(np.random.default_rng([seed, 4099]).choice(len(files), limit, replace=False))]
-    images, skipped = [], []
-    for p in files:
-        try:
-            images.append(spec.to_rgb8(decode_image(read_image_bytes(p))))
-        except DECODE_ERRORS as e:
-            if on_bad_image == "fail":
-                raise DataError(f"cannot read field image {p} ({type(e).__name__})",
-                                "remove or replace the file, or set dataset.on_bad_image: skip") from None
-            skipped.append(str(p))
-    return (np.stack(images) if images else np.zeros((0, spec.image_size, spec.image_size, 3), np.uint8)), skipped
 
 
 def reference_images(data: PreparedData, n: int, seed: int) -> np.ndarray:
@@ -191,8 +153,7 @@ def run_adapt(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Path 
     if cfg.adapt is None:
         return None
     t0 = time.perf_counter()
-    files = field_images(cfg.adapt.images)
-    target, skipped = _load(files, data.spec, cfg.adapt.limit, cfg.seed, cfg.dataset.on_bad_image)
+    target, skipped, found = load_field_images(cfg.adapt, data.spec, cfg.seed, cfg.dataset.on_bad_image)
     if len(target) < ADAPT_MIN_IMAGES:
         raise DataError(f"adapt.images {cfg.adapt.images} holds {len(target)} readable image(s): batch-norm "
                         f"statistics need at least {ADAPT_MIN_IMAGES}",
@@ -210,7 +171,7 @@ def run_adapt(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> Path 
     ckpt = save_checkpoint(out / "model.pt", model, meta["backbone"], meta["classes"],
                            PreprocessSpec.from_dict(meta["preprocess"]))
     summary = {"method": "AdaBN (moment-matched to the train images)", "images": int(len(target)),
-               "found": len(files), "skipped": skipped, "source_images": int(len(source)),
+               "found": found, "skipped": skipped, "source_images": int(len(source)),
                "folder": str(cfg.adapt.images), **summary, "wall_s": round(time.perf_counter() - t0, 1)}
     path = write_json(out / "adapt.json", summary)
     manifest.record_stage("adapt", {"checkpoint": ckpt, "summary": path}, summary)

@@ -179,7 +179,8 @@ class AdaptConfig(_Section):
     # One set of statistics serves every input: fully adapted, the training domain loses accuracy
     # (ELPV mono -> poly, 3 seeds: poly +36.0 pt, mono -3.3 pt; strength 0.5: +8.3 / -1.2 pt; 0.25:
     # +2.5 / +0.2 pt; bench/results/adabn_strength.md). 1 suits a unit that sees only the new
-    # domain; lower trades field gain for keeping the training domain.
+    # domain; lower trades field gain for keeping the training domain. To keep both, ship release 1
+    # and the adapted bundle and let `monitor --alternative` choose per window.
     strength: float = Field(1.0, gt=0, le=1, description="share of the way each batch-norm layer's statistics move "
                             "toward the field's (1: the field's alone; lower keeps more of the training domain)")
 

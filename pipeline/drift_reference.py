@@ -1,7 +1,9 @@
 """Reference stage: the drift reference of each artifact (reference/<artifact>.json, which the bundle
 stage ships as the bundle's reference.json; format in runtime/reference.py): the val and test images
 as the build saw them, in the numbers a field unit's telemetry records per prediction, so `edgepipe
-monitor` can tell when the field stops looking like them. A stage of its own so that a new gate or
+monitor` can tell when the field stops looking like them. A build adapted to field images (an
+`adapt` section) adds them as the unlabelled "field" split, the same selection AdaBN read: that is
+the field its bundles were made for, and what their monitor compares with. A stage of its own so that a new gate or
 bundle setting rewrites the bundles without decoding the dataset or running a model again.
 
 Image statistics (core/image_stats.py) come from the dataset's already-resized images, once per
@@ -28,7 +30,7 @@ from edgepipe.pipeline.data import PreparedData
 from edgepipe.pipeline.manifest import Manifest
 from edgepipe.pipeline.quantize import recorded_artifacts
 from edgepipe.runtime.predictor import softmax
-from edgepipe.runtime.reference import SPLITS, make_reference
+from edgepipe.runtime.reference import FIELD, SPLITS, make_reference
 from edgepipe.targets import get_target
 from edgepipe.targets.base import Artifact, Runner
 
@@ -36,12 +38,16 @@ FLOAT_ROW = "onnx-fp32"
 
 
 class DriftReferences:
-    """reference.json for each bundle of a build; runs each model on the val + test images once."""
+    """reference.json for each bundle of a build; runs each model on the val + test (and field) images once."""
 
-    def __init__(self, data: PreparedData, onnx: Path, artifacts: list[Artifact], threads: int, batch: int):
+    def __init__(self, data: PreparedData, onnx: Path, artifacts: list[Artifact], threads: int, batch: int,
+                 field: np.ndarray | None = None):
         t0 = time.perf_counter()
         self.data, self.onnx, self.artifacts, self.threads, self.batch = data, onnx, artifacts, threads, batch
-        self.images = {name: data.subset(name) for name in SPLITS}  # name -> (rgb8, labels)
+        # name -> (rgb8, labels); the field images (an adapted build's) have none
+        self.images: dict[str, tuple[np.ndarray, np.ndarray | None]] = {name: data.subset(name) for name in SPLITS}
+        if field is not None:
+            self.images[FIELD] = (field, None)
         self.stats = {name: image_stats(rgb8) for name, (rgb8, _) in self.images.items()}
         self._probabilities: dict[str, dict[str, np.ndarray]] = {}  # row -> split -> N x classes
         self.seconds = time.perf_counter() - t0  # spent on references, for the stage record
@@ -104,8 +110,13 @@ def run_reference(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> d
     """reference/<artifact>.json for every artifact a bundle may be written for (not the proxies,
     whose numbers serve the bundle they stand in for; not a failed build)."""
     artifacts = recorded_artifacts(manifest)
+    field = None
+    if cfg.adapt is not None:
+        from edgepipe.pipeline.field_images import load_field_images
+
+        field = load_field_images(cfg.adapt, data.spec, cfg.seed, cfg.dataset.on_bad_image)[0]
     refs = DriftReferences(data, manifest.output("export", "onnx"), artifacts, cfg.verify.threads,
-                           cfg.verify.throughput_batch)
+                           cfg.verify.throughput_batch, field)
     outputs = {}
     for a in artifacts:
         if a.proxy or a.status == "failed":
@@ -115,5 +126,6 @@ def run_reference(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> d
             tmp.write_bytes(refs.content(a))
         outputs[a.name] = path
     manifest.record_stage("reference", outputs, {"artifacts": len(outputs)}, wall_s=round(refs.seconds, 1))
-    console.print(f"drift references: {len(outputs)} artifact(s), {refs.seconds:.0f} s")
+    also = "" if field is None else f", with the {len(field)} field images the model was adapted to"
+    console.print(f"drift references: {len(outputs)} artifact(s){also}, {refs.seconds:.0f} s")
     return outputs

@@ -77,7 +77,7 @@ def _finetune_config(cfg: BuildConfig) -> dict:
 def _adapt_config(cfg: BuildConfig) -> dict:
     if cfg.adapt is None:
         return {"adapt": None}
-    from edgepipe.pipeline.adapt import images_digest
+    from edgepipe.pipeline.field_images import images_digest
 
     return {"adapt": images_digest(cfg.adapt), "on_bad_image": cfg.dataset.on_bad_image}
 
@@ -109,6 +109,15 @@ def _quantize_config(cfg: BuildConfig) -> dict:
     targets = [{k: v for k, v in t.items() if k != "gates"} for t in c["targets"]]
     return {"seed": c["seed"], "calibration": c["calibration"], "fallback": c["fallback"], "targets": targets,
             "threads": c["verify"]["threads"]}  # the fallback times its candidates with these threads
+
+
+def _reference_config(cfg: BuildConfig) -> dict:
+    c = {"threads": cfg.verify.threads, "batch": cfg.verify.throughput_batch, "format": 1}
+    if cfg.adapt is not None:  # its field images become the field split; without one the key is as before
+        from edgepipe.pipeline.field_images import images_digest
+
+        c["field"] = {**images_digest(cfg.adapt), "on_bad_image": cfg.dataset.on_bad_image}
+    return c
 
 
 def _report_config(cfg: BuildConfig) -> dict:
@@ -258,9 +267,9 @@ _STAGES = (
     Stage("explain", _explain, lambda cfg: {"report": cfg.report.model_dump(mode="json")},
           reads={"finetune": ("checkpoint",), "adapt": ("checkpoint",), "verify": ("results",)},
           tools=("torch", "timm", "captum", "matplotlib", "numpy", "pillow"), dataset=True),
-    # the bundles' drift references: each artifact run on the val + test images (runtime/reference.py)
-    Stage("reference", _reference,
-          lambda cfg: {"threads": cfg.verify.threads, "batch": cfg.verify.throughput_batch, "format": 1},
+    # the bundles' drift references: each artifact run on the val + test images, and an adapted
+    # build's field images (runtime/reference.py)
+    Stage("reference", _reference, _reference_config,
           reads={"export": ("onnx",), "quantize": ALL}, tools=(*runtime_packages(), "numpy", "pillow"), dataset=True),
     # report.json carries the config hash, and the report is cheap: any config change reruns it
     # report.html shows the training curve, the calibration set and the gallery too

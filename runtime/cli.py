@@ -16,8 +16,8 @@ THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU thread
 PROXY = click.option("--proxy", is_flag=True,
                      help="TensorRT int8 bundle: run its Q/DQ graph on ONNX Runtime, as the build verified it")
 TRUST = click.option("--trust", "trust", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="PUBKEY",
-                     help="run BUNDLE only if it is signed by this Ed25519 public key (PEM); repeat the option "
-                          "to trust several keys (key rotation)")
+                     help="run BUNDLE (and each --alternative) only if it is signed by this Ed25519 public key "
+                          "(PEM); repeat the option to trust several keys (key rotation)")
 
 
 def _warn_if_gates_failed(bundle) -> None:
@@ -227,19 +227,24 @@ def add_runtime_commands(cli: click.Group, guard: Callable) -> None:
     @click.option("--window", type=click.IntRange(min=1), default=200, show_default=True,
                   help="compare the last N predictions (at least 30)")
     @click.option("--json", "as_json", is_flag=True, help="print the report as JSON on stdout")
+    @click.option("--alternative", "alternatives", multiple=True, type=click.Path(path_type=Path), metavar="BUNDLE",
+                  help="another bundle of the same task (e.g. the --adapt build for a new domain): on drift, "
+                       "recommend switching to it when the window's images fit its reference (repeatable)")
     @TRUST
     @guard
-    def monitor(bundle: Path, telemetry: Path, window: int, as_json: bool, trust: tuple[Path, ...]) -> None:
+    def monitor(bundle: Path, telemetry: Path, window: int, as_json: bool, alternatives: tuple[Path, ...],
+                trust: tuple[Path, ...]) -> None:
         """Drift: the last predictions in TELEMETRY (`predict --telemetry`) against BUNDLE's drift reference.
 
-        Prints a table per signal and `ok` or `drift: retrain recommended (signals: ...)`.
+        Prints a table per signal and `ok`, `drift: retrain recommended (signals: ...)` or, with
+        --alternative, `drift: switch to BUNDLE, ...` (JSON: switch_to).
         Exit 0: ok, 3: drift, 2: bad input. Runs no model."""
         import sys
 
         from edgepipe.core.errors import CheckFailed
         from edgepipe.runtime.monitor import run_monitor
 
-        if run_monitor(bundle, telemetry, window, as_json, trust).drift:
+        if run_monitor(bundle, telemetry, window, as_json, trust, alternatives).drift:
             sys.exit(CheckFailed.exit_code)
 
     @cli.command()

@@ -2,7 +2,8 @@
 like what the build verified? numpy + scipy.stats; no torch, no backend (nothing is run).
 
 The last `window` telemetry records (runtime/telemetry.py: one per prediction) are compared with the
-bundle's drift reference (runtime/reference.py, the val + test splits as the build saw them):
+bundle's drift reference (runtime/reference.py: the val + test splits as the build saw them, or an
+adapted bundle's field images):
 
 - each continuous signal (the model's top-1 confidence and margin, and every image statistic of
   core/image_stats.py): the two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) and the
@@ -14,6 +15,13 @@ A signal drifts when its p-value is below ALPHA / (number of signals) (Bonferron
 window raises a false alarm on any signal with probability at most ALPHA) AND its PSI is at least
 PSI_DRIFT (the shift is large enough to matter, not only detectable). Any drifting signal makes the
 verdict "drift: retrain recommended".
+
+With alternatives (`--alternative BUNDLE`: the same model built for other domains, e.g. release 1 and
+its AdaBN build for a new panel type), a drifting window is also compared with each alternative's
+reference on the image statistics alone (the confidences are the running model's, not theirs): the
+closest one (smallest mean KS statistic) that no image statistic drifts from, and that is closer
+than the running bundle's own, is recommended: "drift: switch to BUNDLE". That picks each domain's
+batch-norm statistics at run time, per window, without giving up the training domain's.
 
 The false-alarm bound holds for a window of independent predictions: consecutive frames of one scene
 are near-copies and look like drift (log one frame per scene, or use a window spanning many scenes).
@@ -54,6 +62,21 @@ class SignalResult:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """How a window's image statistics fit another bundle's reference."""
+
+    bundle: str  # its folder
+    name: str
+    reference_images: int
+    fit: float  # mean KS statistic over the image statistics (0: the same distribution)
+    drifted: list[str]  # the image statistics that drift from its reference
+
+    @property
+    def fits(self) -> bool:
+        return not self.drifted
+
+
+@dataclass(frozen=True)
 class MonitorReport:
     bundle: str
     records: int  # records compared (the window)
@@ -63,6 +86,24 @@ class MonitorReport:
     p_threshold: float  # ALPHA / number of signals
     psi_threshold: float
     signals: list[SignalResult]
+    reference_splits: list[str]  # the reference's splits the window was compared with
+    image_fit: float  # the window's mean KS statistic over the image statistics against them
+    alternatives: list[Alternative]  # the same against each --alternative bundle's reference
+
+    @property
+    def image_drifted(self) -> list[str]:
+        """The image statistics that drift from this bundle's reference."""
+        return [s for s in self.drifted if s in STATS]
+
+    @property
+    def switch_to(self) -> str | None:
+        """The folder of the alternative to run instead: when the window's images moved away from
+        this bundle's reference, the closest alternative that fits them, if it is closer. A drift
+        of the confidences or the class mix alone (the images as before) is no reason to switch."""
+        if not self.image_drifted:
+            return None
+        fitting = [a for a in self.alternatives if a.fits and a.fit < self.image_fit]
+        return min(fitting, key=lambda a: a.fit).bundle if fitting else None
 
     @property
     def drifted(self) -> list[str]:
@@ -74,10 +115,17 @@ class MonitorReport:
 
     @property
     def verdict(self) -> str:
-        return f"drift: retrain recommended (signals: {', '.join(self.drifted)})" if self.drift else "ok"
+        if not self.drift:
+            return "ok"
+        signals = f"(signals: {', '.join(self.drifted)})"
+        if self.switch_to:
+            return f"drift: switch to {self.switch_to}, the window's images fit its reference {signals}"
+        return f"drift: retrain recommended {signals}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "alpha": ALPHA, "drift": self.drift, "drifted": self.drifted, "verdict": self.verdict}
+        alternatives = [{**asdict(a), "fits": a.fits} for a in self.alternatives]
+        return {**asdict(self), "alternatives": alternatives, "alpha": ALPHA, "drift": self.drift,
+                "drifted": self.drifted, "switch_to": self.switch_to, "verdict": self.verdict}
 
 
 # -- the statistics -------------------------------------------------------------------------------
@@ -153,9 +201,18 @@ def _check_window(window: int) -> None:
                         f"pass --window {MIN_RECORDS} or more (default {WINDOW})")
 
 
-def compare(reference: DriftReference, records: Sequence[dict], window: int = WINDOW, name: str = "") -> MonitorReport:
-    """The last `window` records (all, when fewer) against the reference. DataError (exit 2) below
-    MIN_RECORDS records or for a record that is not a telemetry record of these labels."""
+def _image_fit(reference: DriftReference, values: dict[str, np.ndarray], p_max: float) -> tuple[float, list[str]]:
+    """(mean KS statistic, drifting signals) of the window's image statistics against a reference."""
+    results = [_continuous(s, reference.values(s), np.round(values[s], reference.decimals.get(s, 6)), p_max)
+               for s in STATS]
+    return round(float(np.mean([r.statistic for r in results])), 6), [r.signal for r in results if r.drift]
+
+
+def compare(reference: DriftReference, records: Sequence[dict], window: int = WINDOW, name: str = "",
+            alternatives: Sequence[tuple[str, str, DriftReference]] = ()) -> MonitorReport:
+    """The last `window` records (all, when fewer) against the reference, and their image statistics
+    against each alternative (folder, name, reference). DataError (exit 2) below MIN_RECORDS records
+    or for a record that is not a telemetry record of these labels."""
     _check_window(window)
     if len(records) < MIN_RECORDS:
         raise DataError(f"{len(records)} telemetry record(s): the monitor needs at least {MIN_RECORDS} predictions",
@@ -167,8 +224,10 @@ def compare(reference: DriftReference, records: Sequence[dict], window: int = WI
                for s in SIGNALS]
     signals.append(_class_mix(reference.labels, reference.predicted_counts(), counts, p_max))
     src = reference.source
+    fits = [Alternative(folder, alt_name, ref.images, *_image_fit(ref, values, p_max))
+            for folder, alt_name, ref in alternatives]
     return MonitorReport(name, len(recent), len(records), reference.images, f"{src.how} ({src.row})", p_max,
-                         PSI_DRIFT, signals)
+                         PSI_DRIFT, signals, list(reference.monitored), _image_fit(reference, values, p_max)[0], fits)
 
 
 def check_records_belong(bundle, records: Sequence[dict], offset: int = 0) -> None:
@@ -186,18 +245,36 @@ def check_records_belong(bundle, records: Sequence[dict], offset: int = 0) -> No
                                 "start a new telemetry file")
 
 
-def monitor(bundle, records: Sequence[dict], window: int = WINDOW) -> MonitorReport:
+def check_alternative(bundle, other) -> None:
+    """DataError unless `other` (a loaded Bundle) could replace `bundle` on the unit: the same labels,
+    and images resized alike (image statistics taken at another size or resize do not compare)."""
+    same_images = (other.spec.image_size, other.spec.resize) == (bundle.spec.image_size, bundle.spec.resize)
+    if other.labels != bundle.labels or not same_images:
+        what = (f"labels {other.labels}, not {bundle.labels}" if other.labels != bundle.labels else
+                f"{other.spec.image_size} px images ({other.spec.resize}), not {bundle.spec.image_size} px "
+                f"({bundle.spec.resize})")
+        raise DataError(f"alternative bundle {other.root} has {what}: it cannot replace {bundle.name}",
+                        "pass as --alternative only builds of the same task and image size (e.g. release 1 and "
+                        "its --adapt build)")
+
+
+def monitor(bundle, records: Sequence[dict], window: int = WINDOW, alternatives: Sequence = ()) -> MonitorReport:
     """Compare the last `window` telemetry records of `bundle` (a loaded runtime.bundle.Bundle, or a
-    bundle folder, loaded and checked here) with its drift reference."""
+    bundle folder, loaded and checked here) with its drift reference; and their image statistics
+    with each alternative bundle's (loaded Bundles or folders)."""
     from edgepipe.runtime.bundle import Bundle, load_bundle
 
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(Path(bundle))
+    load = lambda b: b if isinstance(b, Bundle) else load_bundle(Path(b))  # noqa: E731
+    bundle = load(bundle)
     reference = load_reference(bundle)
+    others = [load(b) for b in alternatives]
+    for other in others:
+        check_alternative(bundle, other)
     _check_window(window)
     recent = records[-window:]
     check_records_belong(bundle, recent, len(records) - len(recent))
-    return compare(reference, records, window, bundle.name)
+    return compare(reference, records, window, bundle.name,
+                   [(str(o.root), o.name, load_reference(o)) for o in others])
 
 
 # -- `edgepipe monitor` ---------------------------------------------------------------------------
@@ -214,7 +291,7 @@ def print_report(report: MonitorReport) -> None:
     from edgepipe.core.console import console
 
     table = Table(title=f"{report.bundle}: the last {report.records} of {report.total_records} predictions against "
-                        f"the drift reference ({report.reference_images} val + test images)")
+                        f"the drift reference ({report.reference_images} {' + '.join(report.reference_splits)} images)")
     for h in ("signal", "test", "statistic", "p-value", "PSI", "reference", "window", "verdict"):
         table.add_column(h, justify="left" if h in ("signal", "reference", "window") else "right")
     for s in report.signals:
@@ -223,12 +300,49 @@ def print_report(report: MonitorReport) -> None:
     console.print(table)
     console.print(f"drift on a signal: p < {report.p_threshold:.2g} (Bonferroni: {ALPHA} over {len(report.signals)} "
                   f"signals) and PSI >= {report.psi_threshold}; reference confidences: {report.reference_source}")
+    if report.alternatives:
+        alt = Table(title="the window's image statistics against each bundle's reference (mean KS: lower is closer)")
+        for h in ("bundle", "reference images", "mean KS", "image statistics that drift"):
+            alt.add_column(h, justify="right" if h in ("reference images", "mean KS") else "left")
+        alt.add_row(f"{report.bundle} (running)", str(report.reference_images), f"{report.image_fit:.3f}",
+                    ", ".join(report.image_drifted) or "none")
+        for a in report.alternatives:
+            alt.add_row(a.bundle, str(a.reference_images), f"{a.fit:.3f}", ", ".join(a.drifted) or "none")
+        console.print(alt)
+        if report.switch_to:
+            console.print(f"after switching to {report.switch_to}, start a new telemetry file: records name the "
+                          "bundle that wrote them")
+
+def _load_alternatives(bundle, folders: Sequence[Path], trust: Sequence[Path]) -> list:
+    """The --alternative bundles, loaded and checked like the running one; the running bundle itself
+    and repeats are left out (a unit may pass every bundle it holds). An error names the option."""
+    from edgepipe.core.console import console
+    from edgepipe.core.errors import EdgepipeError
+    from edgepipe.runtime.bundle import load_bundle
+
+    others, seen = [], {bundle.root.resolve()}
+    for folder in folders:
+        if Path(folder).resolve() in seen:
+            console.print(f"[yellow]--alternative {folder}: the running bundle or one given before; left out")
+            continue
+        seen.add(Path(folder).resolve())
+        try:
+            other = load_bundle(folder, trusted_keys=list(trust) or None)
+            check_alternative(bundle, other)
+            load_reference(other)
+        except EdgepipeError as e:
+            if e.problem.startswith("alternative bundle"):
+                raise
+            raise type(e)(f"--alternative {folder}: {e.problem}", e.fix) from None
+        others.append(other)
+    return others
 
 
 def run_monitor(bundle_path: Path, telemetry: Path, window: int = WINDOW, as_json: bool = False,
-                trust: Sequence[Path] = ()) -> MonitorReport:
-    """What `edgepipe monitor` does: load (and check) the bundle, read the telemetry, compare, print the
-    table (stderr) and the verdict (stdout: a line, or with as_json the report as JSON)."""
+                trust: Sequence[Path] = (), alternatives: Sequence[Path] = ()) -> MonitorReport:
+    """What `edgepipe monitor` does: load (and check) the bundle and the alternatives, read the
+    telemetry, compare, print the tables (stderr) and the verdict (stdout: a line, or with as_json
+    the report as JSON)."""
     import json
 
     import click
@@ -239,13 +353,14 @@ def run_monitor(bundle_path: Path, telemetry: Path, window: int = WINDOW, as_jso
 
     bundle = load_bundle(bundle_path, trusted_keys=list(trust) or None)
     load_reference(bundle)  # before the telemetry: an old bundle is the first thing to fix
+    others = _load_alternatives(bundle, alternatives, trust)
     if not telemetry_files(telemetry):
         raise DataError(f"telemetry file {telemetry} does not exist",
                         f"pass the file the unit writes with `edgepipe predict {bundle_path} IMAGES --telemetry FILE`")
     records = read_telemetry(telemetry, include_rotated=True, last=window)  # the newest files only
     if records.skipped:
         console.print(f"[yellow]{records.skipped} line(s) of {telemetry} are not telemetry records: skipped")
-    report = monitor(bundle, records, window)
+    report = monitor(bundle, records, window, others)
     print_report(report)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.verdict)
     return report

@@ -1,12 +1,18 @@
-"""The drift reference a bundle carries (`reference.json`, schema "edgepipe-reference/1"): what the
-model saw at build time, in the numbers a field unit's telemetry records per prediction.
+"""The drift reference a bundle carries (`reference.json`): what the model saw at build time, in the
+numbers a field unit's telemetry records per prediction.
 
-Per split (val, test), per image: the model's top-1 confidence and margin, and the image statistics
-of edgepipe.core.image_stats (luminance mean / std / p05 / p50 / p95, sharpness) of the image as the
+Per split, per image: the model's top-1 confidence and margin, and the image statistics of
+edgepipe.core.image_stats (luminance mean / std / p05 / p50 / p95, sharpness) of the image as the
 model sees it (after the bundle's resize); the predicted-class and true-class counts; and the
 training split's class priors. `edgepipe monitor` (runtime/monitor.py) compares a window of
 telemetry with it. The bundle stage writes it (pipeline/drift_reference.py) and lists it in
 bundle.json like every other file, so the bundle's integrity check and signature cover it.
+
+Schema "edgepipe-reference/1": the val and test splits, labelled. "edgepipe-reference/2" (written
+only by a build adapted to field images, so other bundles stay readable by an older edgepipe) adds
+the "field" split: the unlabelled images AdaBN adapted the model to, with no true-class counts.
+Such a bundle was made for that field, so the monitor compares with the field split alone
+(DriftReference.monitored); val and test stay for the record.
 
 Values are per image, in the same image order in every signal, rounded to DECIMALS (the monitor
 rounds telemetry the same way before comparing, so both sides sit on one grid). numpy, pydantic.
@@ -24,11 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgepipe.core.errors import BundleError
 from edgepipe.core.image_stats import DECIMALS, STATS, confidence_and_margin
 
-REFERENCE_SCHEMA = "edgepipe-reference/1"
+REFERENCE_SCHEMA = "edgepipe-reference/1"  # val + test
+FIELD_SCHEMA = "edgepipe-reference/2"  # adds the unlabelled field split
+SCHEMAS = (REFERENCE_SCHEMA, FIELD_SCHEMA)
 REFERENCE_FILE = "reference.json"
 SIGNALS = ("confidence", "margin", *STATS)  # the continuous signals, telemetry's names
 # decimals kept per signal: probabilities to 1e-6, pixel statistics (0-255) to 1e-2, sharpness to 0.1
 SPLITS = ("val", "test")
+FIELD = "field"  # the unlabelled images an adapted build was adapted to
 REBUILD = "rebuild the bundle with this edgepipe (`edgepipe bundle CONFIG` on the build machine)"
 
 Count = Annotated[int, Field(ge=0)]
@@ -51,7 +60,7 @@ class Source(_Part):
 class SplitReference(_Part):
     images: Annotated[int, Field(ge=1)]
     predicted: dict[str, Count]  # label -> images the model predicted as it
-    labels: dict[str, Count]  # label -> images that truly are it
+    labels: dict[str, Count] | None  # label -> images that truly are it; None: unlabelled (the field split)
     signals: dict[str, list[float]]  # signal -> one value per image
 
     @model_validator(mode="after")
@@ -66,7 +75,7 @@ class SplitReference(_Part):
 
 
 class DriftReference(_Part):
-    schema_: Literal["edgepipe-reference/1"] = Field(alias="schema")
+    schema_: Literal["edgepipe-reference/1", "edgepipe-reference/2"] = Field(alias="schema")
     labels: Annotated[list[str], Field(min_length=1)]
     source: Source
     decimals: dict[str, int]
@@ -76,46 +85,61 @@ class DriftReference(_Part):
     @model_validator(mode="after")
     def _labels_match(self) -> "DriftReference":
         for name, split in self.splits.items():
-            if set(split.predicted) != set(self.labels) or set(split.labels) != set(self.labels):
+            if set(split.predicted) != set(self.labels) or (split.labels is not None
+                                                             and set(split.labels) != set(self.labels)):
                 raise ValueError(f"split {name!r} counts other classes than the labels")
+            if (split.labels is None) != (name == FIELD):
+                raise ValueError(f"split {name!r} " + ("needs true-class counts" if name != FIELD else
+                                                      "holds unlabelled images: it has no true-class counts"))
+        if (FIELD in self.splits) != (self.schema_ == FIELD_SCHEMA):
+            raise ValueError(f"a {FIELD!r} split goes with schema {FIELD_SCHEMA!r} only")
         return self
 
+    @property
+    def monitored(self) -> tuple[str, ...]:
+        """The splits a telemetry window is compared with: an adapted bundle's field images (the
+        domain it was made for), else val and test (the build's own distribution), pooled."""
+        return (FIELD,) if FIELD in self.splits else tuple(self.splits)
+
     def values(self, signal: str) -> np.ndarray:
-        """Every split's values of a signal, pooled (val and test come from the build's own distribution)."""
-        return np.concatenate([np.asarray(s.signals[signal], np.float64) for s in self.splits.values()])
+        """The monitored splits' values of a signal, pooled."""
+        return np.concatenate([np.asarray(self.splits[s].signals[signal], np.float64) for s in self.monitored])
 
     def predicted_counts(self) -> np.ndarray:
-        """Predicted-class counts over every split, in label order."""
-        return np.array([sum(s.predicted[c] for s in self.splits.values()) for c in self.labels], np.int64)
+        """Predicted-class counts over the monitored splits, in label order."""
+        return np.array([sum(self.splits[s].predicted[c] for s in self.monitored) for c in self.labels], np.int64)
 
     @property
     def images(self) -> int:
-        return sum(s.images for s in self.splits.values())
+        """Images of the monitored splits."""
+        return sum(self.splits[s].images for s in self.monitored)
 
 
 def _round(values, decimals: int) -> list[float]:
     return [float(v) for v in np.round(np.asarray(values, np.float64), decimals)]
 
 
-def make_reference(labels: list[str], splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+def make_reference(labels: list[str], splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
                    train_labels: np.ndarray, source: dict) -> dict:
     """reference.json's content. splits: name -> (image_stats N x len(STATS), the model's
-    probabilities N x classes, the true class index N); train_labels: the training split's class
-    indices. Validated before it is returned: the build never writes what the device refuses."""
+    probabilities N x classes, the true class index N, None for the unlabelled FIELD split);
+    train_labels: the training split's class indices. Validated before it is returned: the build
+    never writes what the device refuses."""
     out = {}
     for name, (stats, probabilities, truth) in splits.items():
-        probabilities, truth = np.asarray(probabilities, np.float64), np.asarray(truth)
+        probabilities = np.asarray(probabilities, np.float64)
         confidence, margin = confidence_and_margin(probabilities)
         predicted = probabilities.argmax(1)
         signals = {"confidence": confidence, "margin": margin, **{s: stats[:, i] for i, s in enumerate(STATS)}}
         out[name] = {"images": int(len(predicted)),
                      "predicted": {c: int((predicted == i).sum()) for i, c in enumerate(labels)},
-                     "labels": {c: int((truth == i).sum()) for i, c in enumerate(labels)},
+                     "labels": None if truth is None else {c: int((np.asarray(truth) == i).sum())
+                                                           for i, c in enumerate(labels)},
                      "signals": {s: _round(v, DECIMALS[s]) for s, v in signals.items()}}
     train = np.asarray(train_labels)
     priors = {c: round(float((train == i).mean()), 6) if len(train) else 0.0 for i, c in enumerate(labels)}
-    ref = {"schema": REFERENCE_SCHEMA, "labels": list(labels), "source": source, "decimals": dict(DECIMALS),
-           "train_priors": priors, "splits": out}
+    ref = {"schema": FIELD_SCHEMA if FIELD in out else REFERENCE_SCHEMA, "labels": list(labels), "source": source,
+           "decimals": dict(DECIMALS), "train_priors": priors, "splits": out}
     DriftReference.model_validate(ref)
     return ref
 
@@ -127,8 +151,9 @@ def parse_reference(text: str, where: str = REFERENCE_FILE) -> DriftReference:
     except ValueError as e:
         raise BundleError(f"{where} is not valid JSON ({str(e).splitlines()[0][:120]})", REBUILD) from None
     found = data.get("schema") if isinstance(data, dict) else None
-    if found != REFERENCE_SCHEMA:
-        raise BundleError(f"{where} has schema {found!r}, this edgepipe reads {REFERENCE_SCHEMA!r}", REBUILD)
+    if found not in SCHEMAS:
+        raise BundleError(f"{where} has schema {found!r}, this edgepipe reads {' and '.join(map(repr, SCHEMAS))}",
+                          REBUILD)
     try:
         return DriftReference.model_validate(data)
     except ValidationError as e:

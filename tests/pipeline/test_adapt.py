@@ -200,6 +200,8 @@ def test_a_build_with_adapt_exports_the_adapted_model_and_says_so(project):
     changed = {k for k in tuned if not torch.equal(tuned[k], adapted[k])}
     assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
 
+    _assert_field_reference(root / "dist" / "tiny" / "onnxruntime-int8", root / "field")
+
     again = build(root / "build.yaml", "--adapt", root / "field")
     assert again.exit_code == 0 and manifest(root)["last_run"]["ran"] == [], again.output
     alone = CliRunner().invoke(cli, ["verify", str(root / "build.yaml")])
@@ -219,10 +221,35 @@ def test_a_build_with_adapt_exports_the_adapted_model_and_says_so(project):
     assert plain.exit_code == 0, plain.output
     assert "finetune" not in manifest(root)["last_run"]["ran"]
     assert json.loads((root / "out" / "report.json").read_text()).get("adapt") is None
+    plain_ref = json.loads((root / "dist" / "tiny" / "onnxruntime-int8" / "reference.json").read_text())
+    assert plain_ref["schema"] == "edgepipe-reference/1" and set(plain_ref["splits"]) == {"val", "test"}
+
+
+def _assert_field_reference(bundle_dir, field_dir):
+    """The adapted bundle's drift reference holds the field images it was adapted to: their image
+    statistics, and the bundle's own model's confidences on them; its monitor compares with them."""
+    from edgepipe.core.image_stats import DECIMALS, STATS, image_stats
+    from edgepipe.core.preprocess import decode_image, read_image_bytes
+    from edgepipe.runtime.bundle import load_bundle
+    from edgepipe.runtime.predictor import Predictor
+    from edgepipe.runtime.reference import load_reference
+
+    b = load_bundle(bundle_dir)
+    ref = load_reference(b)
+    field = ref.splits["field"]
+    assert ref.schema_ == "edgepipe-reference/2" and ref.monitored == ("field",) and field.labels is None
+    assert field.images == 40 and ref.splits["val"].labels is not None
+    pixels = np.stack([b.spec.to_rgb8(decode_image(read_image_bytes(f))) for f in sorted(field_dir.glob("*.png"))])
+    stats = image_stats(pixels)
+    for i, s in enumerate(STATS):
+        assert field.signals[s] == pytest.approx(np.round(stats[:, i].astype(np.float64), DECIMALS[s]).tolist(), abs=1e-9), s
+    with Predictor(b) as p:
+        confidence = [max(x.probabilities.values()) for x in p.predict_pixels(pixels)]
+    assert field.signals["confidence"] == pytest.approx(confidence, abs=2e-6)
 
 
 def test_the_default_strength_leaves_the_keys_of_adapted_builds_as_they_were(tmp_path, write_config):
-    from edgepipe.pipeline.adapt import images_digest
+    from edgepipe.pipeline.field_images import images_digest
     from edgepipe.pipeline.config import AdaptConfig, load_config
 
     assert "strength" not in images_digest(AdaptConfig(images=tmp_path))  # a key from before strength existed

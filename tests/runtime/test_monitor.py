@@ -5,6 +5,8 @@ looks for the spot, so its confidence moves with the image as a real model's doe
 by the telemetry writer itself (runtime/telemetry.py records_for), so they are the contract's."""
 
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,9 +17,9 @@ from edgepipe.cli import cli
 from edgepipe.core.errors import BundleError, DataError
 from edgepipe.core.image_stats import image_stats
 from edgepipe.runtime.bundle import MANIFEST, load_bundle, seal
-from edgepipe.runtime.monitor import ALPHA, MIN_RECORDS, compare, monitor
+from edgepipe.runtime.monitor import ALPHA, MIN_RECORDS, Alternative, compare, monitor
 from edgepipe.runtime.predictor import Predictor
-from edgepipe.runtime.reference import DriftReference, make_reference, parse_reference
+from edgepipe.runtime.reference import FIELD, DriftReference, make_reference, parse_reference
 from edgepipe.runtime.telemetry import records_for
 from tests.conftest import _images
 
@@ -99,12 +101,96 @@ def test_a_different_class_mix_drifts_on_the_class_mix(reference):
     assert mix.test == "chi2" and mix.window["defective"] > 0.75 and 0.35 < mix.reference["defective"] < 0.6
 
 
-def test_false_alarm_rate_of_unshifted_windows_is_at_most_5_percent(reference):
-    alarms = [compare(reference, stream(WINDOW, seed=1000 + k), WINDOW).drifted for k in range(FALSE_ALARM_WINDOWS)]
+def test_false_alarm_rate_of_unshifted_windows_is_at_most_5_percent(reference, adapted_reference):
+    """And with an alternative for darker images on offer, no unshifted window recommends it."""
+    reports = [compare(reference, stream(WINDOW, seed=1000 + k), WINDOW, alternatives=[("dark", "x", adapted_reference)])
+               for k in range(FALSE_ALARM_WINDOWS)]
+    alarms = [r.drifted for r in reports]
     rate = sum(bool(a) for a in alarms) / FALSE_ALARM_WINDOWS
     print(f"false alarms: {rate:.1%} of {FALSE_ALARM_WINDOWS} unshifted windows of {WINDOW}:",
           [a for a in alarms if a])
     assert rate <= 0.05
+    assert not any(r.switch_to for r in reports)
+
+
+# -- an adapted bundle's field reference, and alternatives -------------------------------------------
+@pytest.fixture(scope="module")
+def adapted_reference() -> DriftReference:
+    """An AdaBN build's, adapted to darker panels: val + test like `reference`'s, and the field split,
+    500 panels at 60 % brightness (unlabelled)."""
+    rng = np.random.default_rng(10)
+    splits = {}
+    for name, n in (("val", 400), ("test", 600)):
+        rgb8, y = panels(n, rng)
+        splits[name] = (image_stats(rgb8), classify(rgb8, rng), y)
+    rgb8, _ = panels(500, rng, dark=0.6)
+    splits[FIELD] = (image_stats(rgb8), classify(rgb8, rng), None)
+    ref = make_reference(LABELS, splits, rng.integers(0, 2, 2000), {"how": "measured", "row": "onnxruntime-int8"})
+    return parse_reference(json.dumps(ref, separators=(",", ":")))
+
+
+def test_an_adapted_bundle_is_monitored_against_the_field_it_was_adapted_to(adapted_reference):
+    assert adapted_reference.schema_ == "edgepipe-reference/2" and adapted_reference.splits[FIELD].labels is None
+    assert adapted_reference.monitored == (FIELD,) and adapted_reference.images == 500
+    assert adapted_reference.values("mean").tolist() == adapted_reference.splits[FIELD].signals["mean"]
+    quiet = compare(adapted_reference, stream(WINDOW, seed=20, dark=0.6), WINDOW)
+    assert not quiet.drift and quiet.reference_splits == [FIELD], quiet.drifted
+    back = compare(adapted_reference, stream(WINDOW, seed=21), WINDOW)  # the training domain again
+    assert back.drift and {"mean", "p50"} <= set(back.drifted)
+
+
+def test_on_drift_the_alternative_whose_reference_fits_is_recommended(reference, adapted_reference):
+    report = compare(reference, stream(WINDOW, seed=22, dark=0.6), WINDOW, "release-1",
+                     [("dist/adapted", "adapted", adapted_reference)])
+    assert report.drift and report.switch_to == "dist/adapted"
+    assert report.verdict.startswith("drift: switch to dist/adapted, the window's images fit its reference (signals: ")
+    (alt,) = report.alternatives
+    assert alt.fits and alt.fit < report.image_fit and alt.reference_images == 500
+    assert report.to_dict()["switch_to"] == "dist/adapted" and report.to_dict()["alternatives"][0]["fits"]
+    # and back: the adapted bundle running on the training domain recommends release 1
+    back = compare(adapted_reference, stream(WINDOW, seed=23), WINDOW, "adapted", [("dist/release-1", "r", reference)])
+    assert back.switch_to == "dist/release-1"
+
+
+def test_no_switch_without_drift_or_without_an_alternative_that_fits(reference, adapted_reference):
+    alternatives = [("dist/adapted", "adapted", adapted_reference)]
+    ok = compare(reference, stream(WINDOW, seed=24), WINDOW, alternatives=alternatives)
+    assert not ok.drift and ok.switch_to is None and ok.verdict == "ok"
+    assert not ok.alternatives[0].fits  # measured all the same: the window is not the darker field
+    blurred = compare(reference, stream(WINDOW, seed=25, blur=1.5), WINDOW, alternatives=alternatives)
+    assert blurred.drift and blurred.switch_to is None and "sharpness" in blurred.alternatives[0].drifted
+    assert blurred.verdict.startswith("drift: retrain recommended")
+    # darker still than the field: the alternative is closer, yet it does not fit, so no switch
+    darker = compare(reference, stream(WINDOW, seed=26, dark=0.3), WINDOW, alternatives=alternatives)
+    assert darker.drift and darker.switch_to is None and darker.alternatives[0].fit < darker.image_fit
+
+
+def test_the_recommended_alternative_is_the_closest_that_fits_and_closer_than_the_running_one(reference):
+    report = compare(reference, stream(WINDOW, seed=27, dark=0.6), WINDOW)
+    alternatives = [Alternative("far", "f", 500, 0.20, []), Alternative("near", "n", 500, 0.10, []),
+                    Alternative("nearest, drifting", "d", 500, 0.05, ["sharpness"])]
+    with_fit = lambda fit: replace(report, image_fit=fit, alternatives=alternatives)  # noqa: E731
+    assert with_fit(0.15).switch_to == "near"
+    assert with_fit(0.08).switch_to is None  # the running bundle's own reference is closer than any that fits
+    assert replace(with_fit(0.15), signals=[replace(x, drift=False) for x in report.signals]).switch_to is None
+    # the confidences or the class mix moved, the images did not: no reason to change statistics
+    not_images = [replace(x, drift=x.signal in ("class mix", "confidence")) for x in report.signals]
+    assert replace(with_fit(0.15), signals=not_images).switch_to is None
+    assert replace(with_fit(0.15), signals=not_images).verdict.startswith("drift: retrain recommended")
+
+
+def test_a_field_split_needs_schema_2_and_no_labels(adapted_reference):
+    data = json.loads(json.dumps(adapted_reference.model_dump(by_alias=True)))
+    with pytest.raises(BundleError, match="a 'field' split goes with schema 'edgepipe-reference/2' only"):
+        parse_reference(json.dumps({**data, "schema": "edgepipe-reference/1"}))
+    labelled = json.loads(json.dumps(data))
+    labelled["splits"][FIELD]["labels"] = {"functional": 250, "defective": 250}
+    with pytest.raises(BundleError, match="holds unlabelled images"):
+        parse_reference(json.dumps(labelled))
+    unlabelled_val = json.loads(json.dumps(data))
+    unlabelled_val["splits"]["val"]["labels"] = None
+    with pytest.raises(BundleError, match="split 'val' needs true-class counts"):
+        parse_reference(json.dumps(unlabelled_val))
 
 
 def test_only_the_last_window_counts(reference):
@@ -195,3 +281,80 @@ def test_cli_bad_input_exits_2_in_one_line(tiny_build, bundle_copy, tmp_path):
         code, out, err = _run(b, telemetry)
         assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and not out, (name, err)
     assert "rebuild the bundle with this edgepipe" in _run(old, tmp_path / "t.jsonl")[2]
+
+
+def _with_field(folder, rgb8: np.ndarray) -> None:
+    """Turn a copied bundle into an adapted one for these field pixels: its reference.json gains the
+    field split (the bundle's own model on them), and bundle.json the new file's hash."""
+    from edgepipe.core.files import sha256_file
+
+    b = load_bundle(folder)
+    with Predictor(b) as p:
+        probs = np.array([list(x.probabilities.values()) for x in p.predict_pixels(rgb8)])
+    ref = json.loads((folder / "reference.json").read_text())
+    made = make_reference(b.labels, {FIELD: (image_stats(rgb8), probs, None)}, np.array([0, 1]), ref["source"])
+    ref["schema"], ref["splits"][FIELD] = made["schema"], made["splits"][FIELD]
+    (folder / "reference.json").write_text(json.dumps(ref, separators=(",", ":")))
+    meta = json.loads((folder / MANIFEST).read_text())
+    meta["files"]["reference.json"] = {"sha256": sha256_file(folder / "reference.json"),
+                                       "bytes": (folder / "reference.json").stat().st_size}
+    (folder / MANIFEST).write_text(json.dumps(seal(meta), indent=2))
+
+
+def test_cli_recommends_the_alternative_bundle_the_field_fits(tiny_build, bundle_copy, tmp_path):
+    bundle = tiny_build["dist"] / "onnxruntime-int8"
+    dark = (_images(64, seed=3)[0] * 0.5).astype(np.uint8)
+    adapted = bundle_copy("onnxruntime-int8")
+    _with_field(adapted, dark)
+    _telemetry(bundle, dark, tmp_path / "dark.jsonl")
+    code, out, err = _run(bundle, tmp_path / "dark.jsonl", "--alternative", adapted)
+    assert code == 3 and out == f"drift: switch to {adapted}, the window's images fit its reference " \
+                                f"(signals: {out.split('(signals: ')[1]}", err
+    assert "mean KS" in err and f"{adapted}" in err
+    report = json.loads(_run(bundle, tmp_path / "dark.jsonl", "--alternative", adapted, "--json")[1])
+    assert report["switch_to"] == str(adapted) and report["alternatives"][0]["fits"]
+    # the adapted bundle's own monitor is quiet on the field it was made for
+    _telemetry(adapted, dark, tmp_path / "adapted.jsonl")
+    assert _run(adapted, tmp_path / "adapted.jsonl")[:2] == (0, "ok\n")
+    # on the build's own images: ok, nothing to switch to
+    _telemetry(bundle, _images(64, seed=2)[0], tmp_path / "ok.jsonl")
+    assert _run(bundle, tmp_path / "ok.jsonl", "--alternative", adapted)[:2] == (0, "ok\n")
+
+
+def test_cli_refuses_an_alternative_of_another_task_or_image_size(tiny_build, bundle_copy, tmp_path):
+    bundle = tiny_build["dist"] / "onnxruntime-int8"
+    _telemetry(bundle, _images(64, seed=2)[0], tmp_path / "t.jsonl")
+    for name, change, fragment in (("labels", {"labels": ["cat", "dog"]}, "has labels ['cat', 'dog']"),
+                                   ("size", {"preprocess": "image_size"}, "has 48 px images")):
+        other = bundle_copy("onnxruntime-int8")
+        meta = json.loads((other / MANIFEST).read_text())
+        if name == "labels":
+            meta.update(change)
+        else:
+            meta["preprocess"]["image_size"] = 48
+        (other / MANIFEST).write_text(json.dumps(seal(meta), indent=2))
+        code, out, err = _run(bundle, tmp_path / "t.jsonl", "--alternative", other)
+        assert code == 2 and fragment in err and "pass as --alternative only builds of the same task" in err, err
+        assert len(err.strip().splitlines()) == 1 and not out
+        shutil.rmtree(other)
+
+
+def test_cli_names_a_bad_alternative_and_leaves_out_the_running_bundle(tiny_build, tmp_path):
+    bundle = tiny_build["dist"] / "onnxruntime-int8"
+    _telemetry(bundle, _images(64, seed=2)[0], tmp_path / "t.jsonl")
+    (tmp_path / "empty").mkdir()
+    cases = {"missing": (tmp_path / "none", "--alternative {}: bundle folder {} does not exist"),
+             "file": (tmp_path / "t.jsonl", "--alternative {}: bundle folder {} is a file, not a folder"),
+             "not a bundle": (tmp_path / "empty", "--alternative {}: bundle {}: no bundle.json"),
+             "the build's folder": (tiny_build["dist"], "--alternative {}: {} holds ")}
+    for name, (folder, fragment) in cases.items():
+        code, out, err = _run(bundle, tmp_path / "t.jsonl", "--alternative", folder)
+        assert code == 2 and fragment.format(folder, folder) in err and "(fix: " in err, (name, err)
+        assert len(err.strip().splitlines()) == 1 and not out, (name, err)
+    assert f"pass one of them: {tiny_build['dist'] / 'onnxruntime-fp32'}" in \
+        _run(bundle, tmp_path / "t.jsonl", "--alternative", tiny_build["dist"])[2]
+    # every bundle the unit holds, the running one and a repeat among them: each compared once
+    fp32 = tiny_build["dist"] / "onnxruntime-fp32"
+    code, out, err = _run(bundle, tmp_path / "t.jsonl", "--json", *sum((["--alternative", b] for b in (bundle, fp32, fp32)), []))
+    assert code == 0 and [a["bundle"] for a in json.loads(out)["alternatives"]] == [str(fp32)], err
+    assert "the running bundle or one given before; left out" in err

@@ -55,6 +55,8 @@ out["monitor_telemetry"] = run("predict", dist / "onnxruntime-int8", images, "--
 from edgepipe.runtime.telemetry import read_telemetry
 out["telemetry_records"] = len(read_telemetry(tele))  # one per image
 out["monitor"] = run("monitor", dist / "onnxruntime-int8", tele, "--json")
+out["monitor_alternative"] = run("monitor", dist / "onnxruntime-int8", tele, "--alternative", dist / "openvino-fp32",
+                                 "--json")
 out["loaded"] = sorted({m.split(".")[0] for m, v in sys.modules.items() if v is not None})
 out["edgepipe"] = sorted(m for m, v in sys.modules.items() if v is not None and m.startswith("edgepipe."))
 print(json.dumps(out))
@@ -77,6 +79,9 @@ def test_runtime_runs_where_the_build_tools_cannot_be_imported(tiny_build):
     assert out["telemetry_records"] == 64 and "edgepipe.runtime.telemetry" in out["edgepipe"]
     assert out["monitor"]["code"] == 0 and json.loads(out["monitor"]["stdout"])["verdict"] == "ok", out["monitor"]
     assert "edgepipe.runtime.monitor" in out["edgepipe"]
+    alternative = json.loads(out["monitor_alternative"]["stdout"])  # the same images: measured, nothing to switch to
+    assert out["monitor_alternative"]["code"] == 0 and alternative["switch_to"] is None
+    assert alternative["alternatives"][0]["fits"] and alternative["alternatives"][0]["reference_images"] == 64
 
 
 @pytest.mark.parametrize("module", ["torch", "edgepipe.pipeline.config"])
