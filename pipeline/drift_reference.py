@@ -3,7 +3,8 @@ stage ships as the bundle's reference.json; format in runtime/reference.py): the
 as the build saw them, in the numbers a field unit's telemetry records per prediction, so `edgepipe
 monitor` can tell when the field stops looking like them. A build adapted to field images (an
 `adapt` section) adds them as the unlabelled "field" split, the same selection AdaBN read: that is
-the field its bundles were made for, and what their monitor compares with. A stage of its own so that a new gate or
+the field its bundles were made for, and what their monitor compares with (adapted part of the way,
+adapt.strength < 1, they serve the val + test images' domain too, and the monitor takes either). A stage of its own so that a new gate or
 bundle setting rewrites the bundles without decoding the dataset or running a model again.
 
 Image statistics (core/image_stats.py) come from the dataset's already-resized images, once per
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.core.console import console
+from edgepipe.core.errors import DataError
 from edgepipe.core.files import atomic_output, sha256_file
 from edgepipe.core.image_stats import image_stats
 from edgepipe.pipeline.config import BuildConfig
@@ -41,9 +43,10 @@ class DriftReferences:
     """reference.json for each bundle of a build; runs each model on the val + test (and field) images once."""
 
     def __init__(self, data: PreparedData, onnx: Path, artifacts: list[Artifact], threads: int, batch: int,
-                 field: np.ndarray | None = None):
+                 field: np.ndarray | None = None, field_alone: bool = True):
         t0 = time.perf_counter()
         self.data, self.onnx, self.artifacts, self.threads, self.batch = data, onnx, artifacts, threads, batch
+        self.field_alone = field_alone  # with field images: does the bundle serve them alone (full AdaBN)?
         # name -> (rgb8, labels); the field images (an adapted build's) have none
         self.images: dict[str, tuple[np.ndarray, np.ndarray | None]] = {name: data.subset(name) for name in SPLITS}
         if field is not None:
@@ -101,7 +104,8 @@ class DriftReferences:
         runs, source = self._source(a)
         probabilities = self._run(source["row"], runs)
         splits = {name: (self.stats[name], probabilities[name], labels) for name, (_, labels) in self.images.items()}
-        ref = make_reference(list(self.data.classes), splits, self.data.labels[self.data.split.train], source)
+        ref = make_reference(list(self.data.classes), splits, self.data.labels[self.data.split.train], source,
+                             self.field_alone)
         self.seconds += time.perf_counter() - t0
         return json.dumps(ref, separators=(",", ":"), allow_nan=False).encode()
 
@@ -115,8 +119,15 @@ def run_reference(cfg: BuildConfig, data: PreparedData, manifest: Manifest) -> d
         from edgepipe.pipeline.field_images import load_field_images
 
         field = load_field_images(cfg.adapt, data.spec, cfg.seed, cfg.dataset.on_bad_image)[0]
+        if len(field) == 0:  # the adapt stage refuses this first; a folder emptied since must not crash here
+            raise DataError(f"adapt.images {cfg.adapt.images} holds no readable image now: the bundles' field "
+                            "reference needs the images the model was adapted to",
+                            "put the field images back, or remove the adapt section and rebuild")
+    # a bundle adapted part of the way (adapt.strength < 1) serves the training domain as well: its
+    # monitor must take both for its own, or it flags the images it was made to keep serving
+    field_alone = cfg.adapt is None or cfg.adapt.strength == 1
     refs = DriftReferences(data, manifest.output("export", "onnx"), artifacts, cfg.verify.threads,
-                           cfg.verify.throughput_batch, field)
+                           cfg.verify.throughput_batch, field, field_alone)
     outputs = {}
     for a in artifacts:
         if a.proxy or a.status == "failed":

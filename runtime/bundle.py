@@ -284,8 +284,10 @@ def _read_manifest(root: Path) -> dict:
     if not path.is_file():
         inside = sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
         if inside:  # dist/<name>: the build's folder of bundles, one per artifact
-            raise BundleError(f"{root} holds {len(inside)} bundles, not one",
-                              f"pass one of them: {', '.join(str(p) for p in inside[:4])}")
+            if len(inside) == 1:
+                raise BundleError(f"{root} is a build's folder of bundles, not a bundle", f"pass {inside[0]}")
+            shown = ", ".join(str(p) for p in inside[:4]) + (", ..." if len(inside) > 4 else "")
+            raise BundleError(f"{root} is a build's folder of {len(inside)} bundles, not one", f"pass one of them: {shown}")
         raise _refuse(root, f"no {MANIFEST}: not an edgepipe bundle, or an incomplete copy")
     try:
         meta = json.loads(path.read_text())

@@ -20,8 +20,13 @@ With alternatives (`--alternative BUNDLE`: the same model built for other domain
 its AdaBN build for a new panel type), a drifting window is also compared with each alternative's
 reference on the image statistics alone (the confidences are the running model's, not theirs): the
 closest one (smallest mean KS statistic) that no image statistic drifts from, and that is closer
-than the running bundle's own, is recommended: "drift: switch to BUNDLE". That picks each domain's
-batch-norm statistics at run time, per window, without giving up the training domain's.
+than the running bundle's own, is recommended: "drift: switch to BUNDLE" (among equals, one of the
+running bundle's target and precision). That picks each domain's batch-norm statistics at run time,
+per window, without giving up the training domain's.
+
+A reference may hold two domains (a bundle adapted part of the way serves the training images and
+the field: runtime/reference.py); every signal is then compared with the one whose image statistics
+the window fits (smallest mean KS statistic).
 
 The false-alarm bound holds for a window of independent predictions: consecutive frames of one scene
 are near-copies and look like drift (log one frame per scene, or use a window spanning many scenes).
@@ -201,11 +206,24 @@ def _check_window(window: int) -> None:
                         f"pass --window {MIN_RECORDS} or more (default {WINDOW})")
 
 
-def _image_fit(reference: DriftReference, values: dict[str, np.ndarray], p_max: float) -> tuple[float, list[str]]:
-    """(mean KS statistic, drifting signals) of the window's image statistics against a reference."""
-    results = [_continuous(s, reference.values(s), np.round(values[s], reference.decimals.get(s, 6)), p_max)
-               for s in STATS]
-    return round(float(np.mean([r.statistic for r in results])), 6), [r.signal for r in results if r.drift]
+def _window_signal(reference: DriftReference, splits: tuple[str, ...], signal: str, values: dict[str, np.ndarray],
+                   p_max: float) -> SignalResult:
+    """One continuous signal of the window against the splits' values (rounded to the reference's grid)."""
+    window = np.round(values[signal], reference.decimals.get(signal, 6))
+    return _continuous(signal, reference.values(signal, splits), window, p_max)
+
+
+def _image_fit(reference: DriftReference, values: dict[str, np.ndarray],
+               p_max: float) -> tuple[tuple[str, ...], float, list[str]]:
+    """(splits, mean KS statistic, drifting signals) of the window's image statistics against the
+    reference's domain they fit best (the first of equals); a reference has one domain unless its
+    bundle serves two (runtime/reference.py)."""
+    fits = []
+    for splits in reference.domains:
+        results = [_window_signal(reference, splits, s, values, p_max) for s in STATS]
+        fits.append((splits, round(float(np.mean([r.statistic for r in results])), 6),
+                     [r.signal for r in results if r.drift]))
+    return min(fits, key=lambda f: f[1])
 
 
 def compare(reference: DriftReference, records: Sequence[dict], window: int = WINDOW, name: str = "",
@@ -220,14 +238,16 @@ def compare(reference: DriftReference, records: Sequence[dict], window: int = WI
     recent = list(records[-window:])
     values, counts = _columns(recent, reference.labels, len(records) - len(recent))
     p_max = ALPHA / (len(SIGNALS) + 1)
-    signals = [_continuous(s, reference.values(s), np.round(values[s], reference.decimals.get(s, 6)), p_max)
-               for s in SIGNALS]
-    signals.append(_class_mix(reference.labels, reference.predicted_counts(), counts, p_max))
+    splits, image_fit, _ = _image_fit(reference, values, p_max)  # the domain the window's images fit
+    signals = [_window_signal(reference, splits, s, values, p_max) for s in SIGNALS]
+    signals.append(_class_mix(reference.labels, reference.predicted_counts(splits), counts, p_max))
     src = reference.source
-    fits = [Alternative(folder, alt_name, ref.images, *_image_fit(ref, values, p_max))
-            for folder, alt_name, ref in alternatives]
-    return MonitorReport(name, len(recent), len(records), reference.images, f"{src.how} ({src.row})", p_max,
-                         PSI_DRIFT, signals, list(reference.monitored), _image_fit(reference, values, p_max)[0], fits)
+    fits = []
+    for folder, alt_name, ref in alternatives:
+        alt_splits, fit, drifted = _image_fit(ref, values, p_max)
+        fits.append(Alternative(folder, alt_name, ref.images(alt_splits), fit, drifted))
+    return MonitorReport(name, len(recent), len(records), reference.images(splits), f"{src.how} ({src.row})", p_max,
+                         PSI_DRIFT, signals, list(splits), image_fit, fits)
 
 
 def check_records_belong(bundle, records: Sequence[dict], offset: int = 0) -> None:
@@ -267,7 +287,10 @@ def monitor(bundle, records: Sequence[dict], window: int = WINDOW, alternatives:
     load = lambda b: b if isinstance(b, Bundle) else load_bundle(Path(b))  # noqa: E731
     bundle = load(bundle)
     reference = load_reference(bundle)
-    others = [load(b) for b in alternatives]
+    # the running bundle's target and precision first: a build's bundles share their image statistics,
+    # so among equally close alternatives the one the unit can run as it runs this one is named
+    others = sorted((load(b) for b in alternatives),
+                    key=lambda o: (o.target, o.precision) != (bundle.target, bundle.precision))
     for other in others:
         check_alternative(bundle, other)
     _check_window(window)
@@ -313,6 +336,7 @@ def print_report(report: MonitorReport) -> None:
             console.print(f"after switching to {report.switch_to}, start a new telemetry file: records name the "
                           "bundle that wrote them")
 
+
 def _load_alternatives(bundle, folders: Sequence[Path], trust: Sequence[Path]) -> list:
     """The --alternative bundles, loaded and checked like the running one; the running bundle itself
     and repeats are left out (a unit may pass every bundle it holds). An error names the option."""
@@ -328,11 +352,12 @@ def _load_alternatives(bundle, folders: Sequence[Path], trust: Sequence[Path]) -
         seen.add(Path(folder).resolve())
         try:
             other = load_bundle(folder, trusted_keys=list(trust) or None)
-            check_alternative(bundle, other)
+        except EdgepipeError as e:
+            raise type(e)(f"--alternative {folder}: {e.problem}", e.fix) from None
+        check_alternative(bundle, other)  # names the alternative itself
+        try:
             load_reference(other)
         except EdgepipeError as e:
-            if e.problem.startswith("alternative bundle"):
-                raise
             raise type(e)(f"--alternative {folder}: {e.problem}", e.fix) from None
         others.append(other)
     return others

@@ -11,8 +11,11 @@ bundle.json like every other file, so the bundle's integrity check and signature
 Schema "edgepipe-reference/1": the val and test splits, labelled. "edgepipe-reference/2" (written
 only by a build adapted to field images, so other bundles stay readable by an older edgepipe) adds
 the "field" split: the unlabelled images AdaBN adapted the model to, with no true-class counts.
-Such a bundle was made for that field, so the monitor compares with the field split alone
-(DriftReference.monitored); val and test stay for the record.
+Such a bundle was made for that field, so the monitor compares with the field split alone; val and
+test stay for the record. "edgepipe-reference/3": the same splits, of a bundle adapted only part of
+the way (adapt.strength < 1), which is made to serve both the training domain and the field: it has
+two domains, val + test and the field, and the monitor compares a window with the one its images fit
+(DriftReference.domains).
 
 Values are per image, in the same image order in every signal, rounded to DECIMALS (the monitor
 rounds telemetry the same way before comparing, so both sides sit on one grid). numpy, pydantic.
@@ -31,8 +34,9 @@ from edgepipe.core.errors import BundleError
 from edgepipe.core.image_stats import DECIMALS, STATS, confidence_and_margin
 
 REFERENCE_SCHEMA = "edgepipe-reference/1"  # val + test
-FIELD_SCHEMA = "edgepipe-reference/2"  # adds the unlabelled field split
-SCHEMAS = (REFERENCE_SCHEMA, FIELD_SCHEMA)
+FIELD_SCHEMA = "edgepipe-reference/2"  # adds the unlabelled field split, the one domain monitored
+BOTH_SCHEMA = "edgepipe-reference/3"  # the same splits; val + test and the field both monitored
+SCHEMAS = (REFERENCE_SCHEMA, FIELD_SCHEMA, BOTH_SCHEMA)
 REFERENCE_FILE = "reference.json"
 SIGNALS = ("confidence", "margin", *STATS)  # the continuous signals, telemetry's names
 # decimals kept per signal: probabilities to 1e-6, pixel statistics (0-255) to 1e-2, sharpness to 0.1
@@ -75,7 +79,7 @@ class SplitReference(_Part):
 
 
 class DriftReference(_Part):
-    schema_: Literal["edgepipe-reference/1", "edgepipe-reference/2"] = Field(alias="schema")
+    schema_: Literal["edgepipe-reference/1", "edgepipe-reference/2", "edgepipe-reference/3"] = Field(alias="schema")
     labels: Annotated[list[str], Field(min_length=1)]
     source: Source
     decimals: dict[str, int]
@@ -91,28 +95,30 @@ class DriftReference(_Part):
             if (split.labels is None) != (name == FIELD):
                 raise ValueError(f"split {name!r} " + ("needs true-class counts" if name != FIELD else
                                                       "holds unlabelled images: it has no true-class counts"))
-        if (FIELD in self.splits) != (self.schema_ == FIELD_SCHEMA):
-            raise ValueError(f"a {FIELD!r} split goes with schema {FIELD_SCHEMA!r} only")
+        if (FIELD in self.splits) != (self.schema_ in (FIELD_SCHEMA, BOTH_SCHEMA)):
+            raise ValueError(f"a {FIELD!r} split goes with schema {FIELD_SCHEMA!r} or {BOTH_SCHEMA!r} only")
+        if self.schema_ == BOTH_SCHEMA and len(self.splits) < 2:
+            raise ValueError(f"schema {BOTH_SCHEMA!r} needs the training domain's splits beside {FIELD!r}")
         return self
 
     @property
-    def monitored(self) -> tuple[str, ...]:
-        """The splits a telemetry window is compared with: an adapted bundle's field images (the
-        domain it was made for), else val and test (the build's own distribution), pooled."""
-        return (FIELD,) if FIELD in self.splits else tuple(self.splits)
+    def domains(self) -> tuple[tuple[str, ...], ...]:
+        """The groups of splits a telemetry window may be compared with, each pooled: the build's own
+        val + test; an adapted bundle's field images alone (the domain it was made for); a partly
+        adapted bundle's both (the monitor takes the one the window's images fit)."""
+        dataset = tuple(s for s in self.splits if s != FIELD)
+        return {REFERENCE_SCHEMA: (dataset,), FIELD_SCHEMA: ((FIELD,),), BOTH_SCHEMA: (dataset, (FIELD,))}[self.schema_]
 
-    def values(self, signal: str) -> np.ndarray:
-        """The monitored splits' values of a signal, pooled."""
-        return np.concatenate([np.asarray(self.splits[s].signals[signal], np.float64) for s in self.monitored])
+    def values(self, signal: str, splits: tuple[str, ...]) -> np.ndarray:
+        """The splits' values of a signal, pooled."""
+        return np.concatenate([np.asarray(self.splits[s].signals[signal], np.float64) for s in splits])
 
-    def predicted_counts(self) -> np.ndarray:
-        """Predicted-class counts over the monitored splits, in label order."""
-        return np.array([sum(self.splits[s].predicted[c] for s in self.monitored) for c in self.labels], np.int64)
+    def predicted_counts(self, splits: tuple[str, ...]) -> np.ndarray:
+        """Predicted-class counts over the splits, in label order."""
+        return np.array([sum(self.splits[s].predicted[c] for s in splits) for c in self.labels], np.int64)
 
-    @property
-    def images(self) -> int:
-        """Images of the monitored splits."""
-        return sum(self.splits[s].images for s in self.monitored)
+    def images(self, splits: tuple[str, ...]) -> int:
+        return sum(self.splits[s].images for s in splits)
 
 
 def _round(values, decimals: int) -> list[float]:
@@ -120,11 +126,12 @@ def _round(values, decimals: int) -> list[float]:
 
 
 def make_reference(labels: list[str], splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-                   train_labels: np.ndarray, source: dict) -> dict:
+                   train_labels: np.ndarray, source: dict, field_alone: bool = True) -> dict:
     """reference.json's content. splits: name -> (image_stats N x len(STATS), the model's
     probabilities N x classes, the true class index N, None for the unlabelled FIELD split);
-    train_labels: the training split's class indices. Validated before it is returned: the build
-    never writes what the device refuses."""
+    train_labels: the training split's class indices; field_alone: with a FIELD split, whether the
+    bundle serves the field alone (fully adapted) or the training domain too (partly). Validated
+    before it is returned: the build never writes what the device refuses."""
     out = {}
     for name, (stats, probabilities, truth) in splits.items():
         probabilities = np.asarray(probabilities, np.float64)
@@ -138,7 +145,8 @@ def make_reference(labels: list[str], splits: Mapping[str, tuple[np.ndarray, np.
                      "signals": {s: _round(v, DECIMALS[s]) for s, v in signals.items()}}
     train = np.asarray(train_labels)
     priors = {c: round(float((train == i).mean()), 6) if len(train) else 0.0 for i, c in enumerate(labels)}
-    ref = {"schema": FIELD_SCHEMA if FIELD in out else REFERENCE_SCHEMA, "labels": list(labels), "source": source,
+    schema = REFERENCE_SCHEMA if FIELD not in out else FIELD_SCHEMA if field_alone else BOTH_SCHEMA
+    ref = {"schema": schema, "labels": list(labels), "source": source,
            "decimals": dict(DECIMALS), "train_priors": priors, "splits": out}
     DriftReference.model_validate(ref)
     return ref
@@ -152,7 +160,7 @@ def parse_reference(text: str, where: str = REFERENCE_FILE) -> DriftReference:
         raise BundleError(f"{where} is not valid JSON ({str(e).splitlines()[0][:120]})", REBUILD) from None
     found = data.get("schema") if isinstance(data, dict) else None
     if found not in SCHEMAS:
-        raise BundleError(f"{where} has schema {found!r}, this edgepipe reads {' and '.join(map(repr, SCHEMAS))}",
+        raise BundleError(f"{where} has schema {found!r}, this edgepipe reads {', '.join(map(repr, SCHEMAS))}",
                           REBUILD)
     try:
         return DriftReference.model_validate(data)

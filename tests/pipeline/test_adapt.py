@@ -207,12 +207,20 @@ def test_a_build_with_adapt_exports_the_adapted_model_and_says_so(project):
     alone = CliRunner().invoke(cli, ["verify", str(root / "build.yaml")])
     assert alone.exit_code == 2 and "lasts one run" in alone.output, alone.output
 
-    # a strength in the config's adapt section survives --adapt and is part of the stage's key
-    configure(adapt={"images": str(root / "field"), "strength": 0.5})
+    # a strength (and a limit) in the config's adapt section survive --adapt and are part of the key
+    configure(adapt={"images": str(root / "field"), "strength": 0.5, "limit": 32})
     half = build(root / "build.yaml", "--adapt", root / "field")
     assert half.exit_code == 0 and "adapt" in manifest(root)["last_run"]["ran"], half.output
-    assert json.loads((root / "out" / "report.json").read_text())["adapt"]["strength"] == 0.5
+    half_report = json.loads((root / "out" / "report.json").read_text())["adapt"]
+    assert half_report["strength"] == 0.5 and half_report["images"] == 32  # a seeded 32 of the 40
     assert "at strength 0.5" in (root / "out" / "report.md").read_text()
+    # adapted part of the way, the bundle serves the training domain too: its monitor takes both
+    from edgepipe.runtime.bundle import load_bundle
+    from edgepipe.runtime.reference import load_reference
+
+    half_ref = load_reference(load_bundle(root / "dist" / "tiny" / "onnxruntime-int8"))
+    assert half_ref.schema_ == "edgepipe-reference/3" and half_ref.domains == (("val", "test"), ("field",))
+    assert half_ref.splits["field"].images == 32  # the same selection the adapt stage read
     halfway = read_checkpoint(root / "out" / "adapt" / "model.pt")["state_dict"]
     assert any(not torch.equal(adapted[k], halfway[k]) for k in changed)
     configure()
@@ -237,7 +245,7 @@ def _assert_field_reference(bundle_dir, field_dir):
     b = load_bundle(bundle_dir)
     ref = load_reference(b)
     field = ref.splits["field"]
-    assert ref.schema_ == "edgepipe-reference/2" and ref.monitored == ("field",) and field.labels is None
+    assert ref.schema_ == "edgepipe-reference/2" and ref.domains == (("field",),) and field.labels is None
     assert field.images == 40 and ref.splits["val"].labels is not None
     pixels = np.stack([b.spec.to_rgb8(decode_image(read_image_bytes(f))) for f in sorted(field_dir.glob("*.png"))])
     stats = image_stats(pixels)

@@ -25,7 +25,8 @@ def test_every_bundle_carries_a_reference_listed_and_hashed_in_bundle_json(tiny_
         assert "reference.json" in meta["files"], name
         ref = _reference(tiny_build, name)
         assert ref.labels == ["left", "right"] and set(ref.splits) == {"val", "test"}
-        assert ref.splits["val"].images == 32 and ref.splits["test"].images == 32 and ref.images == 64
+        assert ref.splits["val"].images == 32 and ref.splits["test"].images == 32
+        assert ref.domains == (("val", "test"),) and ref.images(("val", "test")) == 64
         assert set(ref.splits["val"].signals) == set(SIGNALS)
         assert ref.train_priors["left"] + ref.train_priors["right"] == pytest.approx(1)
 

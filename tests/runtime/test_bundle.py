@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -62,9 +63,14 @@ def test_an_archive_or_a_missing_folder_says_what_to_pass(tiny_build, tmp_path):
     with pytest.raises(BundleError, match="notes.txt is a file, not a folder") as e:
         load_bundle(tmp_path / "notes.txt")
     assert "dist/<name>/<target>-<precision>" in str(e.value)
-    with pytest.raises(BundleError, match=r"holds \d+ bundles, not one") as e:  # the build's dist/<name>
+    with pytest.raises(BundleError, match=r"is a build's folder of \d+ bundles, not one") as e:  # dist/<name>
         load_bundle(tiny_build["dist"])
     assert f"pass one of them: {tiny_build['dist'] / 'onnxruntime-fp32'}, " in str(e.value)
+    one = tmp_path / "dist-one"  # a build with one target: its folder holds one bundle
+    shutil.copytree(tiny_build["dist"] / "onnxruntime-fp32", one / "onnxruntime-fp32")
+    with pytest.raises(BundleError, match="is a build's folder of bundles, not a bundle") as e:
+        load_bundle(one)
+    assert e.value.fix == f"pass {one / 'onnxruntime-fp32'}"
 
 
 def test_bundle_of_another_schema_is_refused(bundle_copy):

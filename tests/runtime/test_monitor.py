@@ -131,12 +131,47 @@ def adapted_reference() -> DriftReference:
 
 def test_an_adapted_bundle_is_monitored_against_the_field_it_was_adapted_to(adapted_reference):
     assert adapted_reference.schema_ == "edgepipe-reference/2" and adapted_reference.splits[FIELD].labels is None
-    assert adapted_reference.monitored == (FIELD,) and adapted_reference.images == 500
-    assert adapted_reference.values("mean").tolist() == adapted_reference.splits[FIELD].signals["mean"]
+    assert adapted_reference.domains == ((FIELD,),) and adapted_reference.images((FIELD,)) == 500
+    assert adapted_reference.values("mean", (FIELD,)).tolist() == adapted_reference.splits[FIELD].signals["mean"]
     quiet = compare(adapted_reference, stream(WINDOW, seed=20, dark=0.6), WINDOW)
     assert not quiet.drift and quiet.reference_splits == [FIELD], quiet.drifted
     back = compare(adapted_reference, stream(WINDOW, seed=21), WINDOW)  # the training domain again
     assert back.drift and {"mean", "p50"} <= set(back.drifted)
+
+
+@pytest.fixture(scope="module")
+def partly_adapted_reference(adapted_reference) -> DriftReference:
+    """The same build adapted part of the way (adapt.strength < 1): it serves both domains."""
+    data = json.loads(json.dumps(adapted_reference.model_dump(by_alias=True)))
+    return parse_reference(json.dumps({**data, "schema": "edgepipe-reference/3"}))
+
+
+def test_a_partly_adapted_bundle_is_quiet_on_both_domains_it_serves_and_flags_a_third(partly_adapted_reference):
+    ref = partly_adapted_reference
+    assert ref.domains == (("val", "test"), (FIELD,))
+    # the training domain and the field each fit their own part: no drift, and the report says which
+    for k in range(20):
+        training = compare(ref, stream(WINDOW, seed=300 + k), WINDOW)
+        field = compare(ref, stream(WINDOW, seed=400 + k, dark=0.6), WINDOW)
+        assert training.reference_splits == ["val", "test"] and training.reference_images == 1000
+        assert field.reference_splits == [FIELD] and field.reference_images == 500
+        assert not training.drift and not field.drift, (k, training.drifted, field.drifted)
+    # blurred field images fit neither part
+    blurred = compare(ref, stream(WINDOW, seed=31, dark=0.6, blur=1.5), WINDOW)
+    assert blurred.drift and "sharpness" in blurred.drifted
+
+
+def test_make_reference_marks_a_field_served_alone_or_with_the_training_domain(adapted_reference):
+    rng = np.random.default_rng(11)
+    splits = {}
+    for name, dark, labelled in (("val", 1.0, True), ("test", 1.0, True), (FIELD, 0.6, False)):
+        rgb8, y = panels(40, rng, dark=dark)
+        splits[name] = (image_stats(rgb8), classify(rgb8, rng), y if labelled else None)
+    source = {"how": "measured", "row": "onnxruntime-int8"}
+    assert make_reference(LABELS, splits, np.array([0, 1]), source)["schema"] == "edgepipe-reference/2"
+    assert make_reference(LABELS, splits, np.array([0, 1]), source, field_alone=False)["schema"] == "edgepipe-reference/3"
+    del splits[FIELD]
+    assert make_reference(LABELS, splits, np.array([0, 1]), source, field_alone=False)["schema"] == "edgepipe-reference/1"
 
 
 def test_on_drift_the_alternative_whose_reference_fits_is_recommended(reference, adapted_reference):
@@ -179,10 +214,14 @@ def test_the_recommended_alternative_is_the_closest_that_fits_and_closer_than_th
     assert replace(with_fit(0.15), signals=not_images).verdict.startswith("drift: retrain recommended")
 
 
-def test_a_field_split_needs_schema_2_and_no_labels(adapted_reference):
+def test_a_field_split_needs_schema_2_or_3_and_no_labels(adapted_reference):
     data = json.loads(json.dumps(adapted_reference.model_dump(by_alias=True)))
-    with pytest.raises(BundleError, match="a 'field' split goes with schema 'edgepipe-reference/2' only"):
+    with pytest.raises(BundleError, match="a 'field' split goes with schema 'edgepipe-reference/2' or "
+                                          "'edgepipe-reference/3' only"):
         parse_reference(json.dumps({**data, "schema": "edgepipe-reference/1"}))
+    field_only = {**data, "schema": "edgepipe-reference/3", "splits": {FIELD: data["splits"][FIELD]}}
+    with pytest.raises(BundleError, match="needs the training domain's splits beside 'field'"):
+        parse_reference(json.dumps(field_only))
     labelled = json.loads(json.dumps(data))
     labelled["splits"][FIELD]["labels"] = {"functional": 250, "defective": 250}
     with pytest.raises(BundleError, match="holds unlabelled images"):
@@ -303,9 +342,10 @@ def _with_field(folder, rgb8: np.ndarray) -> None:
 
 def test_cli_recommends_the_alternative_bundle_the_field_fits(tiny_build, bundle_copy, tmp_path):
     bundle = tiny_build["dist"] / "onnxruntime-int8"
-    dark = (_images(64, seed=3)[0] * 0.5).astype(np.uint8)
+    # the field the bundle was adapted to, and later images of the same field (other pixels)
+    adapted_to, dark = ((_images(64, seed=s)[0] * 0.5).astype(np.uint8) for s in (3, 4))
     adapted = bundle_copy("onnxruntime-int8")
-    _with_field(adapted, dark)
+    _with_field(adapted, adapted_to)
     _telemetry(bundle, dark, tmp_path / "dark.jsonl")
     code, out, err = _run(bundle, tmp_path / "dark.jsonl", "--alternative", adapted)
     assert code == 3 and out == f"drift: switch to {adapted}, the window's images fit its reference " \
@@ -316,6 +356,14 @@ def test_cli_recommends_the_alternative_bundle_the_field_fits(tiny_build, bundle
     # the adapted bundle's own monitor is quiet on the field it was made for
     _telemetry(adapted, dark, tmp_path / "adapted.jsonl")
     assert _run(adapted, tmp_path / "adapted.jsonl")[:2] == (0, "ok\n")
+    # among equally close alternatives (a build's bundles share their image statistics) the one of the
+    # running bundle's target and precision is named, whichever was passed first
+    adapted_fp32 = bundle_copy("onnxruntime-fp32")
+    _with_field(adapted_fp32, adapted_to)
+    report = json.loads(_run(bundle, tmp_path / "dark.jsonl", "--alternative", adapted_fp32, "--alternative", adapted,
+                             "--json")[1])
+    fits = {a["bundle"]: a["fit"] for a in report["alternatives"]}
+    assert fits[str(adapted_fp32)] == fits[str(adapted)] and report["switch_to"] == str(adapted)
     # on the build's own images: ok, nothing to switch to
     _telemetry(bundle, _images(64, seed=2)[0], tmp_path / "ok.jsonl")
     assert _run(bundle, tmp_path / "ok.jsonl", "--alternative", adapted)[:2] == (0, "ok\n")
@@ -346,7 +394,7 @@ def test_cli_names_a_bad_alternative_and_leaves_out_the_running_bundle(tiny_buil
     cases = {"missing": (tmp_path / "none", "--alternative {}: bundle folder {} does not exist"),
              "file": (tmp_path / "t.jsonl", "--alternative {}: bundle folder {} is a file, not a folder"),
              "not a bundle": (tmp_path / "empty", "--alternative {}: bundle {}: no bundle.json"),
-             "the build's folder": (tiny_build["dist"], "--alternative {}: {} holds ")}
+             "the build's folder": (tiny_build["dist"], "--alternative {}: {} is a build's folder of ")}
     for name, (folder, fragment) in cases.items():
         code, out, err = _run(bundle, tmp_path / "t.jsonl", "--alternative", folder)
         assert code == 2 and fragment.format(folder, folder) in err and "(fix: " in err, (name, err)
