@@ -153,13 +153,16 @@ def build(config: str, junit: Path | None, force_from: str | None, baseline: Pat
               help="this release's build folder (default: PREVIOUS-update, never the config's output_dir, "
                    "which holds an earlier release)")
 @click.option("--name", help="this release's name (default: <the previous release's name>-update)")
+@click.option("--start", type=click.Choice(["previous", "pretrained"]), default=None,
+              help="the fine-tune's starting weights: the previous release's model (default, or update.start), or "
+                   "the backbone's pretrained ones (a fresh fine-tune on the same data, gated the same way)")
 @ADAPT
 @JUNIT
 @FORCE
 @SIGN
 @_guard
-def update(config: str, previous: Path, new_data: Path, out_dir: Path | None, name: str | None, adapt: Path | None,
-           junit: Path | None, force_from: str | None, sign_key: Path | None) -> None:
+def update(config: str, previous: Path, new_data: Path, out_dir: Path | None, name: str | None, start: str | None,
+           adapt: Path | None, junit: Path | None, force_from: str | None, sign_key: Path | None) -> None:
     """A new release from PREVIOUS: fine-tune from its model on CONFIG's dataset plus the labelled
     field images NEW (rehearsal: the old data is trained on again), then every later stage. The
     report compares it with PREVIOUS on both test sets: no regression on the dataset's test images
@@ -170,7 +173,7 @@ def update(config: str, previous: Path, new_data: Path, out_dir: Path | None, na
     from edgepipe.pipeline.stages import STAGES
     from edgepipe.pipeline.update import with_update
 
-    _run(config, STAGES, junit, None, adapt, lambda cfg: with_update(cfg, previous, new_data, out_dir, name),
+    _run(config, STAGES, junit, None, adapt, lambda cfg: with_update(cfg, previous, new_data, out_dir, name, start),
          incremental=True, force_from=force_from, sign_key=sign_key)
 
 

@@ -8,6 +8,8 @@ fine-tune trains on the dataset again plus them (rehearsal: it must not forget t
 the report compares the new release with the previous one on the dataset's test images (no
 regression beyond gates.baseline.max_accuracy_drop) and on the field test images (the stage
 `previous` runs the previous release's models on those; gain at least update.min_field_gain).
+With update.start "pretrained" (`--start pretrained`) the fine-tune starts from the backbone's
+pretrained weights instead, on the same data, checked and gated the same way.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def previous_manifest(previous: Path) -> Manifest:
 
 
 def with_update(cfg: BuildConfig, previous: Path, data: Path, out_dir: Path | None = None,
-                name: str | None = None) -> BuildConfig:
-    """cfg as `edgepipe update CONFIG --from PREVIOUS --data NEW [--out DIR] [--name NAME]` means it.
+                name: str | None = None, start: str | None = None) -> BuildConfig:
+    """cfg as `edgepipe update CONFIG --from PREVIOUS --data NEW [--out DIR] [--name NAME] [--start S]` means it.
     It writes to PREVIOUS-update, named <previous release's name>-update, unless --out / --name say
     otherwise: never to the config's output_dir, which holds an earlier release when PREVIOUS is
     itself an update (build/elpv-update's update must not rebuild build/elpv)."""
@@ -50,7 +52,8 @@ def with_update(cfg: BuildConfig, previous: Path, data: Path, out_dir: Path | No
         "name": new_name, "output_dir": out,
         "dataset": cfg.dataset.model_copy(update={"field": field}),
         "update": UpdateConfig(previous=previous, **({} if cfg.update is None else
-                                                    {"min_field_gain": cfg.update.min_field_gain})),
+                                                    cfg.update.model_dump(include={"min_field_gain", "start"})),
+                               **({} if start is None else {"start": start})),
         "gates": cfg.gates.model_copy(update={"baseline": BaselineConfig(report=previous / "report.json", **limits)}),
         "finetune": cfg.finetune.model_copy(update={"init_checkpoint": None}),
     }), "edgepipe update")
@@ -91,22 +94,29 @@ def resolve_update(cfg: BuildConfig) -> BuildConfig:
     if cfg.finetune.init_checkpoint is not None:
         raise ConfigError(f"finetune.init_checkpoint {cfg.finetune.init_checkpoint} and an update from {previous}: "
                           "an update starts from the previous release's model", "drop finetune.init_checkpoint")
-    manifest = previous_manifest(previous)
-    _check_complete(manifest, previous)
-    try:
-        checkpoint = manifest.output("finetune", "checkpoint")  # checked against its recorded hash
-    except EdgepipeError as e:
-        raise ConfigError(f"the previous release {previous}: {e.problem}",
-                          "pass --from a release whose build folder is intact") from None
+    checkpoint = previous_checkpoint(previous)
     own = previous / "report.json"
     baseline = cfg.gates.baseline or BaselineConfig(report=own)
     if report_file(baseline.report).resolve() != own.resolve():
         raise ConfigError(f"gates.baseline.report {baseline.report} is not the report of the previous release "
                           f"{previous}: an update is gated against the release it starts from",
                           "drop gates.baseline.report (the update uses PREVIOUS/report.json; its limits stay)")
+    start = {"init_checkpoint": checkpoint} if cfg.update.start == "previous" else {}
     return cfg.model_copy(update={
-        "finetune": cfg.finetune.model_copy(update={"init_checkpoint": checkpoint}),
+        "finetune": cfg.finetune.model_copy(update=start),
         "gates": cfg.gates.model_copy(update={"baseline": baseline})})
+
+
+def previous_checkpoint(previous: Path) -> Path:
+    """The previous release's fine-tuned float model; ConfigError (exit 2) when the folder is not a
+    finished build or the file is not the one its manifest recorded."""
+    manifest = previous_manifest(previous)
+    _check_complete(manifest, previous)
+    try:
+        return manifest.output("finetune", "checkpoint")  # checked against its recorded hash
+    except EdgepipeError as e:
+        raise ConfigError(f"the previous release {previous}: {e.problem}",
+                          "pass --from a release whose build folder is intact") from None
 
 
 def read_checkpoint_meta(path: Path) -> dict:
@@ -125,8 +135,12 @@ def read_checkpoint_meta(path: Path) -> dict:
 
 def check_init_checkpoint(cfg: BuildConfig) -> None:
     """Before any stage runs: a start checkpoint must be this build's model with other weights, the
-    same backbone and the same classes; a new class or backbone is a new build, not an update."""
+    same backbone and the same classes; a new class or backbone is a new build, not an update. An
+    update that starts from pretrained weights is checked against the previous release's model all
+    the same: the two releases are compared on the same images and labels."""
     path = cfg.finetune.init_checkpoint
+    if path is None and cfg.update is not None:
+        path = previous_checkpoint(cfg.update.previous)
     if path is None:
         return
     from edgepipe.pipeline.data import catalog

@@ -2,6 +2,7 @@
 gated against it on the dataset's test images and on the new field test images."""
 
 import copy
+import hashlib
 import json
 import shutil
 
@@ -222,15 +223,44 @@ def test_update_refuses_another_backbone_with_the_fix(updated):
     assert not (root / "other").exists()  # refused before any stage
 
 
-def test_update_refuses_another_label_set_with_the_fix(updated):
+@pytest.mark.parametrize("start", [(), ("--start", "pretrained")])
+def test_update_refuses_another_label_set_with_the_fix(updated, start):
+    """From the previous model or from pretrained weights: the two releases must share their labels."""
     root, _ = updated
-    shutil.copytree(root / "data", root / "data3")
-    write_image(root / "data3" / "diagonal" / "0.png", size=(32, 32))
+    if not (root / "data3").exists():
+        shutil.copytree(root / "data", root / "data3")
+        write_image(root / "data3" / "diagonal" / "0.png", size=(32, 32))
     result = _update(root, _config_with(root, "three.yaml", "dataset", "root", "data3"),
-                     "--out", root / "other", "--name", "other")
+                     "--out", root / "other", "--name", "other", *start)
     assert result.exit_code == 2, result.output
     assert "classes horizontal, vertical, this dataset has diagonal, horizontal, vertical" in result.output
     assert "new release with the new label set" in result.output
+    assert not (root / "other").exists()  # refused before any stage
+
+
+def test_an_update_started_from_pretrained_weights_is_gated_like_one_from_the_previous_model(updated):
+    root, _ = updated
+    result = _update(root, root / "build.yaml", "--start", "pretrained", "--out", root / "fresh", "--name", "fresh")
+    assert result.exit_code == 0, result.output
+    report = json.loads((root / "fresh" / "report.json").read_text())
+    assert report["weights"]["origin"] != "previous release"
+    assert report["weights"]["sha256"] != sha256_file(root / "out" / "finetune" / "model.pt")
+    ok_rows = {r["name"] for r in report["rows"] if r["status"] == "ok"}
+    for kind in ("baseline_accuracy_drop", "baseline_field_gain"):
+        assert set(_by(report["gates"], kind)) == ok_rows, kind
+    assert report["baseline"]["report"] == str(root / "out" / "report.json")
+    # the choice is part of the build's identity: the default from before leaves it as it was
+    from edgepipe.pipeline.config import load_config
+    from edgepipe.pipeline.update import with_update
+
+    cfg = load_config(root / "build.yaml")
+    fresh, default, previous = (with_update(cfg, root / "out", root / "field", start=s) for s in ("pretrained", None,
+                                                                                                  "previous"))
+    assert fresh.update.start == "pretrained" and default.update.start == "previous"
+    assert default.sha256() == previous.sha256() != fresh.sha256()
+    before = default.model_dump(mode="json", exclude={"tracking"})  # an update's config before update.start existed
+    del before["update"]["start"]
+    assert default.sha256() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
 
 
 @pytest.mark.parametrize("extra,expect", [
