@@ -177,6 +177,9 @@ def measure(seeds, rows) -> None:
                      "poly": _accuracy(REPO / "dist" / name / artifact, poly), "mono_test": len(mono),
                      "poly_test": len(poly), "gates": "pass" if not failed else "FAIL: " + ", ".join(failed),
                      "adapt": report.get("adapt"), "build_wall_s": walls.get(name, {}).get("wall_s"),
+                     # an update's p50 latency against the previous release re-timed in the same run
+                     "baseline_latency_increase": next((g["value"] for g in gates.get(artifact, [])
+                                                        if g["gate"] == "baseline_latency_increase"), None),
                      "stage_wall_s": _stages(name)}
                 out["rows"].append(r)
                 print(json.dumps(r), flush=True)
@@ -194,6 +197,12 @@ def measure(seeds, rows) -> None:
               "| seed | artifact | update poly - both poly | update mono - release 1 mono | update's gates |",
               "|---|---|---|---|---|"]
     lines += _goal_rows(out["rows"], seeds)
+    latency = [r["baseline_latency_increase"] for r in out["rows"] if r["baseline_latency_increase"] is not None]
+    if latency:
+        lines += ["", f"The updates' p50 latency against release 1 re-timed in the same run: {min(latency):+.1%} to "
+                      f"{max(latency):+.1%} (gate limit +50 %)."]
+    finetune = [r["stage_wall_s"].get("finetune") for r in out["rows"] if r["stage_wall_s"].get("finetune")]
+    lines += [f"Fine-tune stage: {min(finetune):.0f}-{max(finetune):.0f} s a build."]
     sys.path.insert(0, str(REPO / "bench"))
     from adabn_strength import write_keeping_notes
 

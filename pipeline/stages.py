@@ -117,6 +117,8 @@ def _reference_config(cfg: BuildConfig) -> dict:
         from edgepipe.pipeline.field_images import images_digest
 
         c["field"] = {**images_digest(cfg.adapt), "on_bad_image": cfg.dataset.on_bad_image}
+        if cfg.adapt.strength != 1:  # two domains (reference /3): references written as /2 before are rewritten
+            c["field"]["domains"] = ["dataset", "field"]
     return c
 
 

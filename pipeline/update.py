@@ -1,7 +1,7 @@
 """`edgepipe update`: a new release that starts from the previous one.
 
 The previous release is its build folder (output_dir): its manifest names its fine-tuned float
-model, which becomes finetune.init_checkpoint (before any AdaBN it ran: labelled field data
+model, which becomes finetune.init_checkpoint (update.start "previous", the default) (before any AdaBN it ran: labelled field data
 replaces the adaptation, and the old data trains under the statistics it was trained with), and
 its report.json, which becomes the baseline. The new labelled field images are dataset.field: the
 fine-tune trains on the dataset again plus them (rehearsal: it must not forget the old data), and
@@ -48,12 +48,13 @@ def with_update(cfg: BuildConfig, previous: Path, data: Path, out_dir: Path | No
     out = out_dir.resolve() if out_dir is not None else previous.with_name(previous.name + "-update")
     new_name = name or f"{_release_name(previous, cfg.name)}-update"
     limits = {} if cfg.gates.baseline is None else cfg.gates.baseline.model_dump(exclude={"report"})
+    # the config's update section (min_field_gain, start) stays, --start over it
+    kept = {} if cfg.update is None else cfg.update.model_dump(include={"min_field_gain", "start"})
+    kept.update({} if start is None else {"start": start})
     return revalidated(cfg.model_copy(update={
         "name": new_name, "output_dir": out,
         "dataset": cfg.dataset.model_copy(update={"field": field}),
-        "update": UpdateConfig(previous=previous, **({} if cfg.update is None else
-                                                    cfg.update.model_dump(include={"min_field_gain", "start"})),
-                               **({} if start is None else {"start": start})),
+        "update": UpdateConfig(previous=previous, **kept),
         "gates": cfg.gates.model_copy(update={"baseline": BaselineConfig(report=previous / "report.json", **limits)}),
         "finetune": cfg.finetune.model_copy(update={"init_checkpoint": None}),
     }), "edgepipe update")
@@ -80,8 +81,9 @@ def _check_complete(manifest: Manifest, previous: Path) -> None:
 
 
 def resolve_update(cfg: BuildConfig) -> BuildConfig:
-    """With an `update` section: the previous release's float model as finetune.init_checkpoint and
-    its report.json as the baseline, where the config does not name them. Checked now, before any
+    """With an `update` section: the previous release's float model as finetune.init_checkpoint
+    (unless update.start is "pretrained") and its report.json as the baseline, where the config
+    does not name them. Checked now, before any
     stage: the output folder must not be the previous release's (its report would be overwritten)."""
     if cfg.update is None:
         return cfg
@@ -93,7 +95,8 @@ def resolve_update(cfg: BuildConfig) -> BuildConfig:
                           "give the update its own folder: --out DIR (or another output_dir)")
     if cfg.finetune.init_checkpoint is not None:
         raise ConfigError(f"finetune.init_checkpoint {cfg.finetune.init_checkpoint} and an update from {previous}: "
-                          "an update starts from the previous release's model", "drop finetune.init_checkpoint")
+                          "an update starts from the previous release's model or from pretrained weights "
+                          "(update.start)", "drop finetune.init_checkpoint")
     checkpoint = previous_checkpoint(previous)
     own = previous / "report.json"
     baseline = cfg.gates.baseline or BaselineConfig(report=own)

@@ -2,8 +2,9 @@
 like what the build verified? numpy + scipy.stats; no torch, no backend (nothing is run).
 
 The last `window` telemetry records (runtime/telemetry.py: one per prediction) are compared with the
-bundle's drift reference (runtime/reference.py: the val + test splits as the build saw them, or an
-adapted bundle's field images):
+bundle's drift reference (runtime/reference.py: the val + test splits as the build saw them, a
+fully adapted bundle's field images, or, for a bundle adapted part of the way, whichever of the two
+the window's image statistics fit):
 
 - each continuous signal (the model's top-1 confidence and margin, and every image statistic of
   core/image_stats.py): the two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp) and the
@@ -26,7 +27,10 @@ per window, without giving up the training domain's.
 
 A reference may hold two domains (a bundle adapted part of the way serves the training images and
 the field: runtime/reference.py); every signal is then compared with the one whose image statistics
-the window fits (smallest mean KS statistic).
+the window fits (smallest mean KS statistic). A window drawn from either domain keeps the ALPHA
+bound (picking the closer one only lowers its statistics); a window that mixes the two is compared
+with one of them and is flagged once the other's share is large (a fifth of a window of 200 on
+synthetic panels): monitor such a unit's domains as separate windows.
 
 The false-alarm bound holds for a window of independent predictions: consecutive frames of one scene
 are near-copies and look like drift (log one frame per scene, or use a window spanning many scenes).

@@ -258,6 +258,14 @@ def test_an_update_started_from_pretrained_weights_is_gated_like_one_from_the_pr
                                                                                                   "previous"))
     assert fresh.update.start == "pretrained" and default.update.start == "previous"
     assert default.sha256() == previous.sha256() != fresh.sha256()
+    # a config's own update section keeps its settings; --start, when given, overrides its start
+    from edgepipe.pipeline.config import UpdateConfig
+
+    sectioned = cfg.model_copy(update={"update": UpdateConfig(previous=root / "out", min_field_gain=-0.5,
+                                                              start="pretrained")})
+    for start, expect in ((None, "pretrained"), ("previous", "previous"), ("pretrained", "pretrained")):
+        made = with_update(sectioned, root / "out", root / "field", start=start).update
+        assert (made.start, made.min_field_gain) == (expect, -0.5), start
     before = default.model_dump(mode="json", exclude={"tracking"})  # an update's config before update.start existed
     del before["update"]["start"]
     assert default.sha256() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()

@@ -159,6 +159,9 @@ def test_a_partly_adapted_bundle_is_quiet_on_both_domains_it_serves_and_flags_a_
     # blurred field images fit neither part
     blurred = compare(ref, stream(WINDOW, seed=31, dark=0.6, blur=1.5), WINDOW)
     assert blurred.drift and "sharpness" in blurred.drifted
+    # a window that mixes the two is compared with one of them: half and half is flagged (README says so)
+    mixed = compare(ref, stream(WINDOW // 2, seed=32) + stream(WINDOW // 2, seed=33, dark=0.6), WINDOW)
+    assert mixed.drift and mixed.reference_splits in (["val", "test"], [FIELD])
 
 
 def test_make_reference_marks_a_field_served_alone_or_with_the_training_domain(adapted_reference):
