@@ -4,8 +4,9 @@ as the build saw them, in the numbers a field unit's telemetry records per predi
 monitor` can tell when the field stops looking like them. A build adapted to field images (an
 `adapt` section) adds them as the unlabelled "field" split, the same selection AdaBN read: that is
 the field its bundles were made for, and what their monitor compares with (adapted part of the way,
-adapt.strength < 1, they serve the val + test images' domain too, and the monitor takes either). A stage of its own so that a new gate or
-bundle setting rewrites the bundles without decoding the dataset or running a model again.
+adapt.strength < 1, they serve the val + test images' domain too, and the monitor takes either). A
+stage of its own so that a new gate or bundle setting rewrites the bundles without decoding the
+dataset or running a model again.
 
 Image statistics (core/image_stats.py) come from the dataset's already-resized images, once per
 build. Confidence, margin and the predicted class come from running the bundle's own artifact on

@@ -1,8 +1,9 @@
 """`edgepipe update`: a new release that starts from the previous one.
 
 The previous release is its build folder (output_dir): its manifest names its fine-tuned float
-model, which becomes finetune.init_checkpoint (update.start "previous", the default) (before any AdaBN it ran: labelled field data
-replaces the adaptation, and the old data trains under the statistics it was trained with), and
+model, which becomes finetune.init_checkpoint with update.start "previous", the default (the model
+before any AdaBN it ran: labelled field data replaces the adaptation, and the old data trains under
+the statistics it was trained with), and
 its report.json, which becomes the baseline. The new labelled field images are dataset.field: the
 fine-tune trains on the dataset again plus them (rehearsal: it must not forget the old data), and
 the report compares the new release with the previous one on the dataset's test images (no
