@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # the sibling benches: seeds' configs, the notes-keeping writer
 FIELD = REPO / "build" / "bench-field"
 LABELLED, UNLABELLED = FIELD / "poly-labelled", FIELD / "poly-unlabelled"
 TITLES = {"release": "release 1 (mono only)", "adabn": "release 1 + AdaBN (750 unlabelled poly)",
@@ -62,7 +63,6 @@ def _configs(seed: int) -> dict[str, Path]:
     if seed == 0:
         return {k: REPO / "bench/configs" / f for k, f in
                 (("release", "elpv_mono.yaml"), ("adabn", "elpv_mono_adabn.yaml"), ("both", "elpv_mono_poly.yaml"))}
-    sys.path.insert(0, str(REPO / "bench"))
     import yaml
     from field_loop_select import configs as select_configs
 
@@ -203,7 +203,6 @@ def measure(seeds, rows) -> None:
                       f"{max(latency):+.1%} (gate limit +50 %)."]
     finetune = [r["stage_wall_s"].get("finetune") for r in out["rows"] if r["stage_wall_s"].get("finetune")]
     lines += [f"Fine-tune stage: {min(finetune):.0f}-{max(finetune):.0f} s a build."]
-    sys.path.insert(0, str(REPO / "bench"))
     from adabn_strength import write_keeping_notes
 
     write_keeping_notes(dest.with_suffix(".md"), "\n".join(lines))

@@ -164,9 +164,10 @@ def build(config: str, junit: Path | None, force_from: str | None, baseline: Pat
 def update(config: str, previous: Path, new_data: Path, out_dir: Path | None, name: str | None, start: str | None,
            adapt: Path | None, junit: Path | None, force_from: str | None, sign_key: Path | None) -> None:
     """A new release from PREVIOUS: fine-tune from its model (--start pretrained: from the
-    backbone's pretrained weights) on CONFIG's dataset plus the labelled field images NEW (rehearsal: the old data is trained on again), then every later stage. The
-    report compares it with PREVIOUS on both test sets: no regression on the dataset's test images
-    beyond gates.baseline.max_accuracy_drop, and at least update.min_field_gain on the field's.
+    backbone's pretrained weights) on CONFIG's dataset plus the labelled field images NEW
+    (rehearsal: the old data is trained on again), then every later stage. The report compares it
+    with PREVIOUS on both test sets: no regression on the dataset's test images beyond
+    gates.baseline.max_accuracy_drop, and at least update.min_field_gain on the field's.
     Exit 2 when PREVIOUS has another backbone, label set or image size (that is a new build, not an
     update), or did not finish."""
     _require_build_tools()

@@ -307,6 +307,11 @@ class UpdateConfig(_Section):
                                 "pretrained ones (a fresh fine-tune on the dataset plus the field images)")
 
 
+# Settings added after builds existed, with the default that keeps the old behaviour: at that default
+# they stay out of the build's identity (BuildConfig.sha256), so those builds do not rerun.
+ADDED_LATER = {("adapt", "strength"): 1.0, ("update", "start"): "previous"}
+
+
 class BuildConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # file names are built from it
     seed: int = Field(0, ge=0, lt=2**32, description="split, training and calibration seed")
@@ -345,10 +350,9 @@ class BuildConfig(_Section):
         """The build's identity, in report.json and the report's key. Where its runs are logged is
         not part of it: adding a tracking section must not rewrite the report or rebuild bundles."""
         dump = self.model_dump(mode="json", exclude={"tracking"})
-        if self.adapt is not None and self.adapt.strength == 1:  # the default: builds from before keep their identity
-            del dump["adapt"]["strength"]
-        if self.update is not None and self.update.start == "previous":  # likewise
-            del dump["update"]["start"]
+        for (section, key), default in ADDED_LATER.items():  # at its default: builds from before keep their identity
+            if dump.get(section) is not None and dump[section][key] == default:
+                del dump[section][key]
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
 
 
