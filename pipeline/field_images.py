@@ -12,7 +12,7 @@ import numpy as np
 
 from edgepipe.core.errors import DataError
 from edgepipe.core.preprocess import DECODE_ERRORS, IMAGE_SUFFIXES, PreprocessSpec, decode_image, read_image_bytes
-from edgepipe.pipeline.config import AdaptConfig
+from edgepipe.pipeline.config import ADDED_LATER, AdaptConfig
 
 
 def field_images(folder: Path) -> list[Path]:
@@ -33,7 +33,7 @@ def images_digest(acfg: AdaptConfig) -> dict:
         except OSError as e:  # unreadable: the stage says so when it runs; the key still differs
             h.update(f"unreadable: {type(e).__name__}".encode())
     key = {"images": h.hexdigest(), "count": len(files), "limit": acfg.limit}
-    if acfg.strength != 1:  # the default left out, so adapted builds from before keep their keys
+    if acfg.strength != ADDED_LATER["adapt", "strength"]:  # the default left out: builds from before keep their keys
         key["strength"] = acfg.strength
     return key
 
